@@ -1,0 +1,1 @@
+"""Every side effect: the profile store, rendering, the delivery ledger and channels."""

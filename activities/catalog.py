@@ -1,0 +1,156 @@
+"""Published definitions: templates, and journeys as immutable numbered versions."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from activities.db import JourneyRow, JourneyVersionRow, TemplateRow
+from parcours.definitions import Journey, MessageNode, Template
+from parcours.loader import LoadResult
+from parcours.records import JourneyVersion
+
+
+@dataclass(frozen=True)
+class Published:
+    kind: Literal["template", "journey"]
+    id: str
+    outcome: Literal["created", "updated", "unchanged"]
+    version: int | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "journey":
+            if self.outcome == "unchanged":
+                return f"journey {self.id}: unchanged (version {self.version} is live)"
+            return f"journey {self.id}: published version {self.version} (live)"
+        return f"template {self.id}: {self.outcome}"
+
+
+def known_templates(engine: Engine) -> dict[str, Template]:
+    with Session(engine) as session:
+        return {
+            row.id: Template.model_validate(row.definition)
+            for row in session.scalars(select(TemplateRow))
+        }
+
+
+def publish(engine: Engine, loaded: LoadResult) -> list[Published]:
+    """Save templates and publish journeys in one transaction: all of it, or none of it.
+
+    A journey whose definition and templates are unchanged since its latest version is not
+    published again, so applying the same directory twice is harmless.
+    """
+    results: list[Published] = []
+    with Session(engine) as session, session.begin():
+        for template in loaded.templates.values():
+            data = template.model_dump(mode="json")
+            row = session.get(TemplateRow, template.id)
+            if row is None:
+                session.add(TemplateRow(id=template.id, channel=template.channel, definition=data))
+                results.append(Published("template", template.id, "created"))
+            elif row.definition != data:
+                row.channel, row.definition = template.channel, data
+                results.append(Published("template", template.id, "updated"))
+            else:
+                results.append(Published("template", template.id, "unchanged"))
+        session.flush()
+        templates = {row.id: row.definition for row in session.scalars(select(TemplateRow))}
+        for journey in loaded.journeys:
+            results.append(_publish_journey(session, journey, templates))
+    return results
+
+
+def _publish_journey(
+    session: Session, journey: Journey, templates: dict[str, dict[str, object]]
+) -> Published:
+    definition = journey.model_dump(mode="json")
+    used = sorted({n.template for n in journey.nodes if isinstance(n, MessageNode)})
+    snapshot = {name: templates[name] for name in used}
+    checksum = hashlib.sha256(
+        json.dumps([definition, snapshot], sort_keys=True).encode()
+    ).hexdigest()
+    row = session.get(JourneyRow, journey.id, with_for_update=True)
+    if row is not None:
+        latest = session.get(JourneyVersionRow, (journey.id, row.current_version))
+        if latest is not None and latest.checksum == checksum:
+            return Published("journey", journey.id, "unchanged", row.current_version)
+    version = 1 if row is None else row.current_version + 1
+    if row is None:
+        row = JourneyRow(
+            id=journey.id, status="live", current_version=version, entry_event=journey.entry.event
+        )
+        session.add(row)
+    else:
+        row.current_version, row.entry_event, row.status = version, journey.entry.event, "live"
+    session.flush()
+    session.add(
+        JourneyVersionRow(
+            journey_id=journey.id,
+            version=version,
+            definition=definition,
+            templates=snapshot,
+            checksum=checksum,
+        )
+    )
+    return Published("journey", journey.id, "created" if version == 1 else "updated", version)
+
+
+def live_journeys_for_event(engine: Engine, event_type: str) -> list[tuple[Journey, int]]:
+    """The current version of every live journey that this event type enters."""
+    with Session(engine) as session:
+        rows = session.execute(
+            select(JourneyVersionRow)
+            .join(
+                JourneyRow,
+                (JourneyRow.id == JourneyVersionRow.journey_id)
+                & (JourneyRow.current_version == JourneyVersionRow.version),
+            )
+            .where(JourneyRow.status == "live", JourneyRow.entry_event == event_type)
+        ).scalars()
+        return [(Journey.model_validate(r.definition), r.version) for r in rows]
+
+
+def journey_template(
+    engine: Engine, journey_id: str, version: int, template_id: str
+) -> Template | None:
+    """The template as it was when this journey version was published."""
+    with Session(engine) as session:
+        row = session.get(JourneyVersionRow, (journey_id, version))
+        if row is None or template_id not in row.templates:
+            return None
+        return Template.model_validate(row.templates[template_id])
+
+
+def template(engine: Engine, template_id: str) -> Template | None:
+    with Session(engine) as session:
+        row = session.get(TemplateRow, template_id)
+        return Template.model_validate(row.definition) if row else None
+
+
+def list_journeys(engine: Engine) -> list[JourneyVersion]:
+    with Session(engine) as session:
+        rows = session.execute(
+            select(JourneyRow, JourneyVersionRow.created_at)
+            .join(
+                JourneyVersionRow,
+                (JourneyRow.id == JourneyVersionRow.journey_id)
+                & (JourneyRow.current_version == JourneyVersionRow.version),
+            )
+            .order_by(JourneyRow.id)
+        ).all()
+        return [
+            JourneyVersion(
+                journey_id=j.id,
+                version=j.current_version,
+                status=j.status,
+                entry_event=j.entry_event or "",
+                created_at=created,
+            )
+            for j, created in rows
+        ]

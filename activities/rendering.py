@@ -1,0 +1,49 @@
+"""Templates rendered with Jinja2 in a sandbox, strict about undefined variables.
+
+A template that does not render fails its delivery with the reason; it never fails a journey.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from parcours.definitions import Template
+
+
+class RenderError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Rendered:
+    subject: str | None
+    text: str
+    html: str | None
+
+
+@cache
+def _environment(autoescape: bool) -> ImmutableSandboxedEnvironment:
+    # Sandboxed because template authors are not the people who run the worker; strict so a
+    # misspelt variable fails loudly instead of sending "Hello ," to a customer.
+    return ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=autoescape)
+
+
+def render(template: Template, context: dict[str, Any]) -> Rendered:
+    def one(part: str, source: str | None, autoescape: bool = False) -> str | None:
+        if source is None:
+            return None
+        try:
+            return _environment(autoescape).from_string(source).render(context)
+        except TemplateError as exc:
+            raise RenderError(f"template {template.id!r} {part}: {exc}") from exc
+
+    return Rendered(
+        subject=one("subject", template.subject),
+        text=one("body", template.body) or "",
+        html=one("html", template.html, autoescape=True),
+    )

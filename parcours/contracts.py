@@ -1,0 +1,73 @@
+"""What crosses Temporal boundaries: workflow inputs, signals, queries and activity payloads.
+
+Kept small on purpose: histories hold event ids and facts, not profiles or event payloads,
+which activities read from the store when they need them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from parcours.definitions import Channel, Journey
+
+DeliveryStatus = Literal[
+    "queued", "sending", "sent", "delivered", "opened", "clicked", "bounced", "failed", "suppressed"
+]
+
+
+class EventRef(BaseModel):
+    """An event as a journey sees it: enough to recognise and fetch it."""
+
+    id: str
+    type: str
+    timestamp: datetime
+
+
+class JourneyInput(BaseModel):
+    journey: Journey
+    version: int
+    profile_id: str
+    entry_event: EventRef | None = None
+
+
+class Step(BaseModel):
+    node: str
+    type: str
+    entered_at: datetime
+    outcome: str | None = None
+
+
+class JourneyPosition(BaseModel):
+    """Where a profile is in its journey and what happened so far (the `position` query)."""
+
+    journey_id: str
+    version: int
+    profile_id: str
+    node: str | None
+    finished: bool
+    path: list[Step] = Field(default_factory=list)
+    events: list[str] = Field(default_factory=list)
+
+
+class SendMessageInput(BaseModel):
+    idempotency_key: str
+    profile_id: str
+    channel: Channel
+    template: str
+    journey_id: str | None = None
+    journey_version: int | None = None
+    node_id: str | None = None
+    workflow_id: str | None = None
+    run_id: str | None = None
+    event_id: str | None = None
+    priority: Literal["transactional", "marketing"] = "marketing"
+
+
+class DeliveryResult(BaseModel):
+    delivery_id: str
+    status: DeliveryStatus
+    reason: str | None = None
+    provider_message_id: str | None = None

@@ -1,0 +1,255 @@
+"""Reads definition files (YAML or JSON, several documents per file) into validated models.
+
+Every error names the file, the line when known, the path inside the document
+(`nodes[3].next`) and what was expected. Nothing is returned as loaded when any file has an
+error, so a caller can publish all or nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
+
+from parcours.definitions import KINDS, NODE_TYPES, Definition, Journey, Template
+from parcours.validation import validate_journey
+
+SUFFIXES = (".yaml", ".yml", ".json")
+_ADAPTER: TypeAdapter[Template | Journey] = TypeAdapter(Definition)
+
+
+@dataclass(frozen=True)
+class LoadError:
+    file: str
+    path: str
+    message: str
+    document: int | None = None  # 1-based, given when a file holds several documents
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = self.file + (f":{self.line}" if self.line else "")
+        if self.document is not None:
+            where += f" (document {self.document})"
+        return f"{where}: {self.path or '(document)'}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Loaded:
+    definition: Template | Journey
+    file: str
+    document: int | None = None
+
+
+@dataclass
+class LoadResult:
+    definitions: list[Loaded] = field(default_factory=list)
+    errors: list[LoadError] = field(default_factory=list)
+
+    @property
+    def templates(self) -> dict[str, Template]:
+        return {
+            d.definition.id: d.definition
+            for d in self.definitions
+            if isinstance(d.definition, Template)
+        }
+
+    @property
+    def journeys(self) -> list[Journey]:
+        return [d.definition for d in self.definitions if isinstance(d.definition, Journey)]
+
+
+class LoadFailed(Exception):
+    def __init__(self, errors: Sequence[LoadError]) -> None:
+        super().__init__("\n".join(str(e) for e in errors))
+        self.errors = list(errors)
+
+
+def definition_files(paths: Iterable[Path]) -> list[Path]:
+    """The files to read, directories walked recursively in name order."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIXES))
+        else:
+            files.append(path)
+    return files
+
+
+def load_paths(
+    paths: Iterable[Path], known_templates: Mapping[str, Template] | None = None
+) -> LoadResult:
+    """Load and cross-check every definition under `paths`.
+
+    `known_templates` are those already published, so a journey may use a template applied
+    earlier; templates in these files take precedence.
+    """
+    result = LoadResult()
+    for path in definition_files(paths):
+        _load_file(path, result)
+    _check_duplicates(result)
+    templates = {**(known_templates or {}), **result.templates}
+    for loaded in result.definitions:
+        if isinstance(loaded.definition, Journey):
+            for problem in validate_journey(loaded.definition, templates):
+                result.errors.append(
+                    LoadError(loaded.file, problem.path, problem.message, loaded.document)
+                )
+    if result.errors:
+        result.definitions.clear()
+    else:
+        # Templates first so whatever uses them is published after them.
+        result.definitions.sort(key=lambda d: KINDS.index(d.definition.kind))
+    return result
+
+
+def _load_file(path: Path, result: LoadResult) -> None:
+    name = str(path)
+    if not path.exists():
+        result.errors.append(LoadError(name, "", "no such file or directory"))
+        return
+    if path.suffix not in SUFFIXES:
+        result.errors.append(
+            LoadError(name, "", f"expected a file ending in {', '.join(SUFFIXES)}")
+        )
+        return
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        result.errors.append(LoadError(name, "", f"cannot read: {exc}"))
+        return
+    try:
+        if path.suffix == ".json":
+            documents: list[tuple[Any, yaml.Node | None]] = [(json.loads(text), None)]
+        else:
+            nodes = [n for n in yaml.compose_all(text, Loader=yaml.SafeLoader) if n is not None]
+            documents = [(yaml.load(yaml.serialize(n), Loader=yaml.SafeLoader), n) for n in nodes]
+    except json.JSONDecodeError as exc:
+        result.errors.append(LoadError(name, "", f"invalid JSON: {exc.msg}", line=exc.lineno))
+        return
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        result.errors.append(
+            LoadError(name, "", f"invalid YAML: {problem}", line=mark.line + 1 if mark else None)
+        )
+        return
+    if not documents:
+        result.errors.append(LoadError(name, "", "the file holds no definition"))
+    many = len(documents) > 1
+    for number, (data, node) in enumerate(documents, start=1):
+        document = number if many else None
+        if not isinstance(data, dict):
+            result.errors.append(
+                LoadError(
+                    name, "", "expected a mapping with `kind` and `id`", document, _line(node, [])
+                )
+            )
+            continue
+        try:
+            definition = _ADAPTER.validate_python(data)
+        except ValidationError as exc:
+            for error in exc.errors():
+                segments = _segments(data, error["loc"])
+                if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+                    segments.append("kind" if not segments else "type")
+                result.errors.append(
+                    LoadError(
+                        name,
+                        _format_path(segments),
+                        _message(error),
+                        document,
+                        _line(node, segments),
+                    )
+                )
+            continue
+        result.definitions.append(Loaded(definition, name, document))
+
+
+def _check_duplicates(result: LoadResult) -> None:
+    seen: dict[tuple[str, str], Loaded] = {}
+    for loaded in result.definitions:
+        key = (loaded.definition.kind, loaded.definition.id)
+        if key in seen:
+            first = seen[key]
+            result.errors.append(
+                LoadError(
+                    loaded.file,
+                    "id",
+                    f"{key[0]} {key[1]!r} is also defined in {first.file}"
+                    + (f" (document {first.document})" if first.document else ""),
+                    loaded.document,
+                )
+            )
+        else:
+            seen[key] = loaded
+
+
+def _segments(data: Any, loc: tuple[int | str, ...]) -> list[int | str]:
+    """The error's location in the document, without the union tags pydantic inserts."""
+    segments: list[int | str] = []
+    current = data
+    for part in loc:
+        is_tag = isinstance(current, dict) and part not in current and part in current.values()
+        if isinstance(part, str) and is_tag:  # a discriminator tag such as `journey` or `wait`
+            continue
+        segments.append(part)
+        if isinstance(current, dict):
+            current = current.get(part)
+        elif isinstance(current, list) and isinstance(part, int) and part < len(current):
+            current = current[part]
+        else:
+            current = None
+    return segments
+
+
+def _format_path(segments: Sequence[int | str]) -> str:
+    text = ""
+    for part in segments:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
+
+
+def _message(error: ErrorDetails) -> str:
+    kind = error["type"]
+    ctx: dict[str, Any] = dict(error.get("ctx") or {})
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "extra_forbidden":
+        return "unknown field (check its spelling against the format in SPEC §2)"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        field, expected = (
+            ("kind", KINDS) if ctx.get("discriminator") == "'kind'" else ("type", NODE_TYPES)
+        )
+        if kind == "union_tag_not_found":
+            return f"`{field}` is missing: expected one of {', '.join(expected)}"
+        return f"unknown {field} {ctx.get('tag')!r}: expected one of {', '.join(expected)}"
+    if kind == "string_pattern_mismatch":
+        return f"{error['input']!r} is not a valid id: expected letters, digits, '-', '_' or '.'"
+    if kind == "literal_error":
+        return f"got {error['input']!r}, expected {ctx.get('expected')}"
+    message = error["msg"]
+    return message.removeprefix("Value error, ")
+
+
+def _line(node: yaml.Node | None, segments: Sequence[int | str]) -> int | None:
+    """The 1-based line of the value at `segments`, or of its nearest parent that exists."""
+    if node is None:
+        return None
+    for part in segments:
+        child: yaml.Node | None = None
+        if isinstance(node, yaml.MappingNode):
+            child = next((v for k, v in node.value if getattr(k, "value", None) == part), None)
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
+        ):
+            child = node.value[part]
+        if child is None:
+            break
+        node = child
+    return int(node.start_mark.line) + 1

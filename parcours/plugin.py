@@ -1,0 +1,32 @@
+"""`ParcoursPlugin`: journeys on any Temporal worker, with one argument.
+
+    client = await Client.connect("localhost:7233", plugins=[ParcoursPlugin()])
+    worker = Worker(client, task_queue="parcours")   # picks the plugin up from the client
+
+Pass it to the client only: the worker inherits it, and passing it to both registers every
+activity twice.
+"""
+
+from __future__ import annotations
+
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.plugin import SimplePlugin
+
+from activities.delivery import ParcoursActivities
+from parcours.settings import Settings
+from workflows.journey import JourneyWorkflow
+
+WORKFLOWS: list[type] = [JourneyWorkflow]
+
+
+class ParcoursPlugin(SimplePlugin):
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings.load()
+        # Not `self.activities`: SimplePlugin keeps its activity list under that name.
+        bound = ParcoursActivities(self.settings)
+        super().__init__(
+            "parcours",
+            data_converter=pydantic_data_converter,
+            workflows=WORKFLOWS,
+            activities=[bound.send_message],
+        )

@@ -1,0 +1,127 @@
+"""Checks a journey must pass before it is published, beyond the shape its model checks.
+
+All problems are reported at once, each with the path of the field at fault, so a user fixes a
+file in one pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from parcours.definitions import Journey, MessageNode, Template, WaitNode
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    message: str
+
+
+def successors(node: object) -> list[tuple[str, str]]:
+    """(field, target node id) for each edge leaving a node."""
+    target = getattr(node, "next", None)
+    return [("next", target)] if isinstance(target, str) else []
+
+
+def validate_journey(journey: Journey, templates: Mapping[str, Template]) -> list[Problem]:
+    problems: list[Problem] = []
+    index: dict[str, int] = {}
+    for i, node in enumerate(journey.nodes):
+        if node.id in index:
+            problems.append(
+                Problem(
+                    f"nodes[{i}].id",
+                    f"duplicate node id {node.id!r} (first at nodes[{index[node.id]}])",
+                )
+            )
+        else:
+            index[node.id] = i
+
+    if journey.start not in index:
+        problems.append(
+            Problem("start", f"no node has id {journey.start!r}; expected one of {sorted(index)}")
+        )
+
+    for i, node in enumerate(journey.nodes):
+        for field, target in successors(node):
+            if target not in index:
+                problems.append(
+                    Problem(
+                        f"nodes[{i}].{field}",
+                        f"no node has id {target!r}; expected one of {sorted(index)}",
+                    )
+                )
+        if isinstance(node, MessageNode):
+            template = templates.get(node.template)
+            if template is None:
+                problems.append(
+                    Problem(
+                        f"nodes[{i}].template",
+                        f"no template {node.template!r} is defined or applied",
+                    )
+                )
+            elif template.channel != node.channel:
+                problems.append(
+                    Problem(
+                        f"nodes[{i}].template",
+                        f"template {node.template!r} is for {template.channel}, not {node.channel}",
+                    )
+                )
+
+    if journey.start in index:
+        reached = _reachable(journey, index)
+        for i, node in enumerate(journey.nodes):
+            if node.id not in reached and index.get(node.id) == i:
+                problems.append(
+                    Problem(f"nodes[{i}]", f"node {node.id!r} cannot be reached from start")
+                )
+        problems.extend(_instant_cycles(journey, index))
+    return problems
+
+
+def _reachable(journey: Journey, index: Mapping[str, int]) -> set[str]:
+    seen: set[str] = set()
+    stack = [journey.start]
+    while stack:
+        node_id = stack.pop()
+        if node_id in seen or node_id not in index:
+            continue
+        seen.add(node_id)
+        stack.extend(target for _, target in successors(journey.nodes[index[node_id]]))
+    return seen
+
+
+def _instant_cycles(journey: Journey, index: Mapping[str, int]) -> list[Problem]:
+    """A cycle with no wait in it would send messages in a tight loop: refuse it."""
+    # Depth-first search over the graph without its waiting nodes: any back edge is a cycle
+    # that never pauses.
+    waiting = {n.id for n in journey.nodes if isinstance(n, WaitNode)}
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+    problems: list[Problem] = []
+
+    def visit(node_id: str, trail: list[str]) -> None:
+        state[node_id] = 1
+        for _, target in successors(journey.nodes[index[node_id]]):
+            if target not in index or target in waiting:
+                continue
+            if state.get(target) == 1:
+                loop = (
+                    [*trail[trail.index(target) :], target]
+                    if target in trail
+                    else [node_id, target]
+                )
+                problems.append(
+                    Problem(
+                        f"nodes[{index[target]}]",
+                        "cycle without a wait: " + " -> ".join(loop) + " (add a wait node to it)",
+                    )
+                )
+            elif target not in state:
+                visit(target, [*trail, target])
+        state[node_id] = 2
+
+    for node in journey.nodes:
+        if node.id not in waiting and node.id not in state and index.get(node.id) is not None:
+            visit(node.id, [node.id])
+    return problems

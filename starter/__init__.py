@@ -1,0 +1,1 @@
+"""Everything that talks to Temporal from outside: CLI, event routing, the dev stack."""

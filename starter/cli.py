@@ -1,0 +1,359 @@
+"""The `parcours` command line (SPEC §4). Every command calls the same library functions the
+HTTP API will call; this module only parses arguments and prints results."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pydantic import BaseModel, ValidationError
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.engine import Engine
+
+from parcours.errors import InputError
+from parcours.settings import Settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Customer journeys on Temporal.")
+profiles_app = typer.Typer(no_args_is_help=True, help="Customer profiles.")
+events_app = typer.Typer(no_args_is_help=True, help="Customer events.")
+journeys_app = typer.Typer(no_args_is_help=True, help="Published journeys.")
+app.add_typer(profiles_app, name="profiles")
+app.add_typer(events_app, name="events")
+app.add_typer(journeys_app, name="journeys")
+
+# Wide when piped, so tables stay one row per line in logs and scripts.
+out = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True)
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class CommandError(Exception):
+    """An error whose message is the whole story for the user."""
+
+
+def settings(ctx: typer.Context) -> Settings:
+    return Settings.load(ctx.obj.get("data_dir") if ctx.obj else None)
+
+
+def engine(ctx: typer.Context) -> Engine:
+    from activities.db import engine_for
+
+    return engine_for(settings(ctx).database_url)
+
+
+def friendly(command: F) -> F:
+    """Turn expected failures into one line on stderr and a non-zero exit."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from parcours.loader import LoadFailed
+
+        try:
+            return command(*args, **kwargs)
+        except LoadFailed as exc:
+            for error in exc.errors:
+                err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+            err.print(
+                f"nothing was published ({len(exc.errors)} error{'s' if len(exc.errors) > 1 else ''})"
+            )
+            raise typer.Exit(1) from None
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "input"
+            err.print(f"[red]error:[/red] {field}: {first['msg']}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except (InputError, CommandError, ValueError, FileNotFoundError) as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def print_json(value: Any) -> None:
+    if isinstance(value, BaseModel):
+        text = value.model_dump_json(indent=2)
+    elif isinstance(value, list):
+        text = (
+            "["
+            + ",".join(
+                v.model_dump_json() if isinstance(v, BaseModel) else json.dumps(v) for v in value
+            )
+            + "]"
+        )
+        text = json.dumps(json.loads(text), indent=2)
+    else:
+        text = json.dumps(value, indent=2, default=str)
+    sys.stdout.write(text + "\n")
+
+
+def parse_pairs(pairs: Sequence[str], option: str) -> dict[str, Any]:
+    """`k=v` pairs; a value that parses as JSON is taken as JSON, otherwise as a string."""
+    result: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise InputError(option, f"expected key=value, got {pair!r}")
+        try:
+            result[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            result[key] = raw
+    return result
+
+
+async def connect(config: Settings) -> Any:
+    from starter.client import connect as connect_client
+
+    try:
+        return await connect_client(config)
+    except RuntimeError:
+        raise CommandError(
+            f"cannot reach Temporal at {config.temporal_address}: "
+            "start the stack with `parcours dev` or set TEMPORAL_ADDRESS"
+        ) from None
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            envvar="PARCOURS_DATA_DIR",
+            help="Where the stack keeps its data [.parcours].",
+        ),
+    ] = None,
+) -> None:
+    ctx.obj = {"data_dir": data_dir}
+
+
+@app.command()
+@friendly
+def dev(
+    ctx: typer.Context,
+    port: Annotated[int, typer.Option(help="Temporal frontend port.")] = 7233,
+    ui_port: Annotated[int, typer.Option(help="Temporal Web UI port.")] = 8233,
+    api_port: Annotated[int, typer.Option(help="HTTP API port.")] = 8000,
+    apply: Annotated[
+        list[Path] | None, typer.Option(help="Definitions to apply once ready.")
+    ] = None,
+) -> None:
+    """Run the whole stack here: Temporal dev server with its Web UI, and the worker."""
+    from starter.dev import DevStack
+
+    stack = DevStack(
+        settings(ctx).data_dir, port=port, ui_port=ui_port, api_port=api_port, apply=apply or []
+    )
+    raise typer.Exit(stack.run())
+
+
+@app.command()
+@friendly
+def worker(ctx: typer.Context) -> None:
+    """Run a worker: the Parcours plugin on a Temporal worker."""
+    import logging
+
+    from worker.__main__ import run_worker
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    config = settings(ctx)
+    try:
+        asyncio.run(run_worker(config))
+    except RuntimeError as exc:
+        raise CommandError(f"cannot reach Temporal at {config.temporal_address}: {exc}") from None
+
+
+@app.command("apply")
+@friendly
+def apply_definitions(
+    ctx: typer.Context,
+    paths: Annotated[list[Path], typer.Argument(help="Files or directories of definitions.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Validate definitions and publish them: all of them, or none when any is wrong."""
+    from activities import catalog
+    from parcours.loader import LoadFailed, load_paths
+
+    db = engine(ctx)
+    loaded = load_paths(paths, catalog.known_templates(db))
+    if loaded.errors:
+        raise LoadFailed(loaded.errors)
+    results = catalog.publish(db, loaded)
+    if as_json:
+        print_json([r.__dict__ for r in results])
+    else:
+        for result in results:
+            out.print(str(result), highlight=False)
+
+
+@profiles_app.command("set")
+@friendly
+def profiles_set(
+    ctx: typer.Context,
+    profile_id: Annotated[str, typer.Argument(metavar="ID")],
+    email: Annotated[str | None, typer.Option()] = None,
+    phone: Annotated[str | None, typer.Option(help="E.164, e.g. +33612345678.")] = None,
+    timezone: Annotated[str | None, typer.Option(help="IANA zone, e.g. Europe/Paris.")] = None,
+    locale: Annotated[str | None, typer.Option()] = None,
+    attr: Annotated[
+        list[str] | None, typer.Option(help="key=value (JSON values are parsed).")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create a profile or merge into it."""
+    from activities.profiles import set_profile
+
+    profile = set_profile(
+        engine(ctx),
+        profile_id,
+        email=email,
+        phone=phone,
+        timezone=timezone,
+        locale=locale,
+        attributes=parse_pairs(attr or [], "--attr"),
+    )
+    print_json(profile) if as_json else show_profile(profile)
+
+
+@profiles_app.command("show")
+@friendly
+def profiles_show(
+    ctx: typer.Context,
+    profile_id: Annotated[str, typer.Argument(metavar="ID")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Show one profile."""
+    from activities.profiles import get_profile
+
+    profile = get_profile(engine(ctx), profile_id)
+    if profile is None:
+        raise CommandError(f"no profile {profile_id!r}")
+    print_json(profile) if as_json else show_profile(profile)
+
+
+def show_profile(profile: Any) -> None:
+    table = Table(show_header=False, box=None)
+    for field in ("id", "email", "phone", "timezone", "locale"):
+        table.add_row(field, str(getattr(profile, field) or "—"))
+    for key, value in profile.attributes.items():
+        table.add_row(f"attributes.{key}", json.dumps(value))
+    out.print(table)
+
+
+@events_app.command("send")
+@friendly
+def events_send(
+    ctx: typer.Context,
+    event_type: Annotated[str, typer.Argument(metavar="TYPE")],
+    profile: Annotated[str, typer.Option(help="The profile id the event is about.")] = "",
+    prop: Annotated[
+        list[str] | None, typer.Option(help="key=value (JSON values are parsed).")
+    ] = None,
+    event_id: Annotated[str | None, typer.Option("--id", help="Idempotency key.")] = None,
+    timestamp: Annotated[datetime | None, typer.Option(help="RFC 3339; default now.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Record an event and start or feed the journeys it enters."""
+    from parcours.records import NewEvent
+    from starter.routing import send_event
+
+    if not profile:
+        raise InputError("--profile", "every event needs the id of the profile it is about")
+    new = NewEvent(
+        type=event_type,
+        profile_id=profile,
+        properties=parse_pairs(prop or [], "--prop"),
+        id=event_id,
+        timestamp=timestamp,
+    )
+    config = settings(ctx)
+
+    async def run() -> Any:
+        client = await connect(config)
+        return await send_event(client, engine(ctx), config, new)
+
+    routed = asyncio.run(run())
+    if as_json:
+        print_json(
+            {
+                "event": routed.event.model_dump(mode="json"),
+                "duplicate": routed.duplicate,
+                "journeys": routed.journeys,
+            }
+        )
+    elif routed.duplicate:
+        out.print(
+            f"event {routed.event.id}: duplicate, already recorded (nothing started)",
+            highlight=False,
+        )
+    else:
+        started = ", ".join(routed.journeys) or "no journey enters on this event"
+        out.print(
+            f"event {routed.event.id} ({routed.event.type}) recorded → {started}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+@journeys_app.command("list")
+@friendly
+def journeys_list(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """Published journeys and their current versions."""
+    from activities.catalog import list_journeys
+
+    journeys = list_journeys(engine(ctx))
+    if as_json:
+        print_json(journeys)
+        return
+    table = Table("journey", "version", "status", "entry event", "published")
+    for j in journeys:
+        table.add_row(
+            j.journey_id, str(j.version), j.status, j.entry_event, f"{j.created_at:%Y-%m-%d %H:%M}"
+        )
+    out.print(table)
+
+
+@app.command()
+@friendly
+def deliveries(
+    ctx: typer.Context,
+    profile: Annotated[str | None, typer.Option(help="Only this profile's deliveries.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """What was sent, on every channel, the outbox included."""
+    from activities.ledger import list_deliveries
+
+    rows = list_deliveries(engine(ctx), profile)
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(
+        "created", "profile", "channel", "template", "status", "via", "to", "subject / reason"
+    )
+    for d in rows:
+        table.add_row(
+            f"{d.created_at:%Y-%m-%d %H:%M:%S}",
+            d.profile_id,
+            d.channel,
+            d.template,
+            d.status,
+            d.provider or "",
+            d.to or "",
+            d.reason or d.subject or "",
+        )
+    out.print(table)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,70 @@
+"""Shared fixtures: a fresh store per test, the time-skipping Temporal server, fake providers.
+
+Nothing here reaches beyond 127.0.0.1, and every server comes from an installed package.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from activities.db import engine_for
+from parcours.plugin import ParcoursPlugin
+from parcours.settings import Settings
+from starter.binaries import temporal_test_server
+from starter.search_attributes import register
+from tests.fakes.sendgrid import FakeSendGrid
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A developer's own credentials or proxies must never leak into a test.
+    for name in list(os.environ):
+        if name.startswith(
+            ("PARCOURS_", "TEMPORAL_", "SENDGRID_", "TWILIO_")
+        ) or name.lower().endswith("_proxy"):
+            monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings.load(tmp_path / "data", env={}).model_copy(
+        update={"task_queue": f"test-{uuid.uuid4()}"}
+    )
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Engine:
+    return engine_for(settings.database_url)
+
+
+@pytest.fixture
+def fake_sendgrid() -> Iterator[FakeSendGrid]:
+    with FakeSendGrid() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="session")
+async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=str(temporal_test_server())
+    )
+    await register(env.client)
+    yield env
+    await env.shutdown()
+
+
+def client_with_plugin(env: WorkflowEnvironment, settings: Settings) -> Client:
+    """The environment's client (it carries time skipping) with the Parcours plugin added."""
+    config = env.client.config()
+    config["plugins"] = [ParcoursPlugin(settings)]
+    return Client(**config)

@@ -1,0 +1,141 @@
+"""The profile store on SQLite: profiles, events, published versions, the delivery ledger."""
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect
+from sqlalchemy.engine import Engine
+
+from activities import catalog, ledger
+from activities.events import get_event, record_event
+from activities.profiles import get_profile, set_profile
+from activities.rendering import RenderError, render
+from parcours.contracts import SendMessageInput
+from parcours.definitions import Template
+from parcours.errors import InputError
+from parcours.loader import load_paths
+from parcours.records import NewEvent
+from tests.conftest import EXAMPLES
+
+
+def test_migrations_create_every_table(engine: Engine) -> None:
+    tables = set(inspect(engine).get_table_names())
+    assert {
+        "profiles",
+        "events",
+        "templates",
+        "journeys",
+        "journey_versions",
+        "deliveries",
+    } <= tables
+
+
+def test_profiles_merge_attributes_and_keep_unset_fields(engine: Engine) -> None:
+    set_profile(engine, "ada", email="ada@example.com", attributes={"plan": "pro", "n": 1})
+    profile = set_profile(engine, "ada", timezone="Europe/Paris", attributes={"n": 2})
+    assert profile.email == "ada@example.com"
+    assert profile.timezone == "Europe/Paris"
+    assert profile.attributes == {"plan": "pro", "n": 2}
+    assert get_profile(engine, "ada") == profile
+    assert get_profile(engine, "nobody") is None
+
+
+@pytest.mark.parametrize(
+    ("field", "kwargs"),
+    [
+        ("email", {"email": "not-an-email"}),
+        ("phone", {"phone": "0612"}),
+        ("timezone", {"timezone": "Mars/Base"}),
+    ],
+)
+def test_bad_profile_fields_are_refused_by_name(
+    engine: Engine, field: str, kwargs: dict[str, str]
+) -> None:
+    with pytest.raises(InputError) as raised:
+        set_profile(engine, "ada", **kwargs)
+    assert raised.value.field == field
+    assert get_profile(engine, "ada") is None, "nothing half-written"
+
+
+def test_events_are_idempotent_by_id_and_create_their_profile(engine: Engine) -> None:
+    first, duplicate = record_event(engine, NewEvent(type="signed_up", profile_id="bob", id="e-1"))
+    assert not duplicate
+    again, duplicate = record_event(engine, NewEvent(type="signed_up", profile_id="bob", id="e-1"))
+    assert duplicate and again == first
+    assert get_profile(engine, "bob") is not None
+    assert get_event(engine, "e-1") == first
+    _, duplicate = record_event(engine, NewEvent(type="signed_up", profile_id="bob"))
+    assert not duplicate
+
+
+def test_publishing_makes_immutable_versions_and_skips_unchanged(
+    engine: Engine, tmp_path: Path
+) -> None:
+    results = catalog.publish(engine, load_paths([EXAMPLES / "welcome"]))
+    assert [str(r) for r in results][-1] == "journey welcome: published version 1 (live)"
+    again = catalog.publish(
+        engine, load_paths([EXAMPLES / "welcome"], catalog.known_templates(engine))
+    )
+    assert again[-1].outcome == "unchanged" and again[-1].version == 1
+
+    changed = tmp_path / "welcome"
+    changed.mkdir()
+    for source in (EXAMPLES / "welcome").iterdir():
+        (changed / source.name).write_text(
+            source.read_text().replace("Thanks for signing up", "Welcome aboard")
+        )
+    results = catalog.publish(engine, load_paths([changed]))
+    assert results[-1].version == 2
+    # Version 1 keeps the template text it was published with.
+    v1 = catalog.journey_template(engine, "welcome", 1, "welcome-email")
+    v2 = catalog.journey_template(engine, "welcome", 2, "welcome-email")
+    assert v1 is not None and v2 is not None
+    assert "Thanks for signing up" in v1.body and "Welcome aboard" in v2.body
+    [(journey, version)] = catalog.live_journeys_for_event(engine, "signed_up")
+    assert (journey.id, version) == ("welcome", 2)
+    assert catalog.live_journeys_for_event(engine, "other") == []
+
+
+def request(key: str = "k1") -> SendMessageInput:
+    return SendMessageInput(idempotency_key=key, profile_id="ada", channel="email", template="t")
+
+
+def test_a_claimed_delivery_is_settled_once(engine: Engine) -> None:
+    claim = ledger.claim(engine, request())
+    assert claim.settled is None
+    ledger.finish(engine, claim.delivery_id, "sent", provider="outbox")
+    again = ledger.claim(engine, request())
+    assert again.delivery_id == claim.delivery_id
+    assert again.settled is not None and again.settled.status == "sent"
+    assert len(ledger.list_deliveries(engine)) == 1
+
+
+def test_a_delivery_interrupted_during_the_provider_call_is_not_sent_again(engine: Engine) -> None:
+    claim = ledger.claim(engine, request())
+    ledger.start_sending(engine, claim.delivery_id, "ada@example.com", "s", "b")
+    # The worker died here: the next attempt cannot know whether the provider took it.
+    again = ledger.claim(engine, request())
+    assert again.settled is not None
+    assert again.settled.status == "failed"
+    assert again.settled.reason == ledger.UNKNOWN_OUTCOME
+
+
+def test_a_released_delivery_can_be_attempted_again(engine: Engine) -> None:
+    claim = ledger.claim(engine, request())
+    ledger.start_sending(engine, claim.delivery_id, "ada@example.com", "s", "b")
+    ledger.release(engine, claim.delivery_id, "SendGrid 503")
+    assert ledger.claim(engine, request()).settled is None
+
+
+def test_templates_are_strict_and_sandboxed() -> None:
+    template = Template(id="t", channel="email", subject="Hi {{ profile.name }}", body="b")
+    with pytest.raises(
+        RenderError, match="template 't' subject: 'dict object' has no attribute 'name'"
+    ):
+        render(template, {"profile": {}})
+    escape = Template(id="t", channel="sms", body="{{ ''.__class__.__mro__[1].__subclasses__() }}")
+    with pytest.raises(RenderError, match="unsafe"):
+        render(escape, {})
+    html = Template(id="t", channel="email", subject="s", body="{{ x }}", html="<p>{{ x }}</p>")
+    rendered = render(html, {"x": "<script>"})
+    assert rendered.text == "<script>" and rendered.html == "<p>&lt;script&gt;</p>"

@@ -1,0 +1,40 @@
+"""Run a Parcours worker until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from temporalio.worker import Worker
+
+from parcours.settings import Settings
+from starter.client import connect
+
+
+async def run_worker(settings: Settings, ready: asyncio.Event | None = None) -> None:
+    client = await connect(settings)
+    # The plugin on the client brings the workflows, activities and converter to the worker.
+    worker = Worker(client, task_queue=settings.task_queue)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with worker:
+        logging.getLogger("parcours").info(
+            "worker polling task queue %r on %s", settings.task_queue, settings.temporal_address
+        )
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    asyncio.run(run_worker(Settings.load()))
+
+
+if __name__ == "__main__":
+    main()
