@@ -8,6 +8,7 @@ error, so a caller can publish all or nothing.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ class Loaded:
     definition: Template | Journey
     file: str
     document: int | None = None
+    node: yaml.Node | None = field(default=None, compare=False, repr=False)  # for line numbers
 
 
 @dataclass
@@ -97,8 +99,9 @@ def load_paths(
     for loaded in result.definitions:
         if isinstance(loaded.definition, Journey):
             for problem in validate_journey(loaded.definition, templates):
+                line = _line(loaded.node, _parse_path(problem.path))
                 result.errors.append(
-                    LoadError(loaded.file, problem.path, problem.message, loaded.document)
+                    LoadError(loaded.file, problem.path, problem.message, loaded.document, line)
                 )
     if result.errors:
         result.definitions.clear()
@@ -168,7 +171,7 @@ def _load_file(path: Path, result: LoadResult) -> None:
                     )
                 )
             continue
-        result.definitions.append(Loaded(definition, name, document))
+        result.definitions.append(Loaded(definition, name, document, node))
 
 
 def _check_duplicates(result: LoadResult) -> None:
@@ -213,6 +216,12 @@ def _format_path(segments: Sequence[int | str]) -> str:
     for part in segments:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
     return text
+
+
+def _parse_path(path: str) -> list[int | str]:
+    return [
+        int(index) if index else name for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", path)
+    ]
 
 
 def _message(error: ErrorDetails) -> str:

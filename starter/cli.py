@@ -31,7 +31,7 @@ app.add_typer(journeys_app, name="journeys")
 
 # Wide when piped, so tables stay one row per line in logs and scripts.
 out = Console(width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True, highlight=False)
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -35,7 +35,7 @@ WORKER_READY_LINE = "worker polling task queue"
 # a lost last write on power failure is acceptable on a laptop, not in production.
 SQLITE_PRAGMAS = ("journal_mode=wal", "synchronous=off")
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _die_with_parent() -> None:

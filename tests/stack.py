@@ -1,0 +1,107 @@
+"""Drives `parcours dev` and the `parcours` CLI as real processes, the way a user does."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+PARCOURS = [sys.executable, "-m", "starter"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_until(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class DevStack:
+    """`parcours dev` on a private data dir and free ports."""
+
+    def __init__(self, data_dir: Path, *apply: Path) -> None:
+        self.data_dir = data_dir
+        self.port, self.ui_port = free_port(), free_port()
+        self.apply = apply
+        self.process: subprocess.Popen[bytes] | None = None
+        self.output = data_dir.parent / f"dev-{self.port}.out"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "PARCOURS_DATA_DIR": str(self.data_dir)}
+
+    def start(self, port: int | None = None) -> DevStack:
+        self.port = port or self.port
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        command = [*PARCOURS, "dev", "--port", str(self.port), "--ui-port", str(self.ui_port)]
+        for path in self.apply:
+            command += ["--apply", str(path)]
+        with self.output.open("wb") as out:
+            self.process = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, env=self.env
+            )
+        wait_until(
+            lambda: "Parcours is running" in self.text() or self.process.poll() is not None,
+            120,
+            "parcours dev",
+        )
+        assert self.process.poll() is None, self.text()
+        return self
+
+    def text(self) -> str:
+        return self.output.read_text(errors="replace") if self.output.exists() else ""
+
+    def pid(self, name: str) -> int:
+        return int((self.data_dir / f"{name}.pid").read_text())
+
+    def kill9(self, name: str) -> None:
+        os.kill(self.pid(name), signal.SIGKILL)
+
+    def stop(self) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(60)
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [*PARCOURS, *args], env=self.env, capture_output=True, text=True, timeout=120
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"parcours {' '.join(args)} failed ({result.returncode}):\n{result.stderr}"
+            )
+        return result
+
+    def deliveries(self, profile: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = json.loads(
+            self.cli("deliveries", "--profile", profile, "--json").stdout
+        )
+        return result

@@ -1,0 +1,133 @@
+"""The whole stack as a user runs it: `parcours dev`, the CLI, real processes killed for real."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client
+
+from parcours import search_attributes as sa
+from tests.conftest import EXAMPLES
+from tests.stack import DevStack, alive, wait_until
+
+pytestmark = pytest.mark.devserver
+
+PING = """
+kind: template
+id: ping
+channel: email
+subject: "Ping {{ journey.node }}"
+body: "ping"
+---
+kind: journey
+id: ping
+entry: {event: ping}
+start: first
+nodes:
+  - {id: first, type: message, channel: email, template: ping, next: pause}
+  - {id: pause, type: wait, duration: 6s, next: second}
+  - {id: second, type: message, channel: email, template: ping, next: done}
+  - {id: done, type: end}
+"""
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[DevStack]:
+    (tmp_path / "defs").mkdir()
+    (tmp_path / "defs" / "ping.yaml").write_text(PING)
+    dev = DevStack(tmp_path / "data", EXAMPLES, tmp_path / "defs").start()
+    yield dev
+    dev.stop()
+
+
+def test_quickstart_from_event_to_email_in_the_outbox(stack: DevStack) -> None:
+    assert f'address = "127.0.0.1:{stack.port}"' in (stack.data_dir / "parcours.toml").read_text()
+    assert f"http://127.0.0.1:{stack.ui_port}" in stack.text()
+
+    stack.cli("profiles", "set", "ada", "--email", "ada@example.com", "--attr", "first_name=Ada")
+    sent = stack.cli("events", "send", "signed_up", "--profile", "ada")
+    assert "journey:welcome:ada" in sent.stdout
+    [welcome] = wait_until(lambda: stack.deliveries("ada"), 30, "the welcome email")
+    assert welcome["template"] == "welcome-email" and welcome["status"] == "sent"
+    assert set(welcome) >= {
+        "id", "profile_id", "channel", "template", "status", "reason", "journey_id",
+        "campaign_id", "idempotency_key", "provider_message_id", "created_at",
+    }  # fmt: skip
+
+    # The same event again while ada is inside: no second entry, nothing sent twice.
+    stack.cli("events", "send", "signed_up", "--profile", "ada")
+
+    async def describe() -> tuple[str, int, object]:
+        client = await Client.connect(f"127.0.0.1:{stack.port}")
+        handle = client.get_workflow_handle("journey:welcome:ada")
+        description = await handle.describe()
+        runs = [w async for w in client.list_workflows('WorkflowId = "journey:welcome:ada"')]
+        return (
+            await description.static_summary() or "",
+            len(runs),
+            description.typed_search_attributes,
+        )
+
+    summary, runs, attributes = asyncio.run(describe())
+    assert runs == 1
+    assert summary == "Welcome series (v1) for ada"
+    assert attributes.get(sa.JOURNEY) == "welcome"  # type: ignore[attr-defined]
+    assert attributes.get(sa.PROFILE) == "ada"  # type: ignore[attr-defined]
+    assert attributes.get(sa.NODE) == "wait-1d"  # type: ignore[attr-defined]
+    assert len(stack.deliveries("ada")) == 1
+
+
+def test_a_second_dev_on_the_same_data_dir_says_so(stack: DevStack) -> None:
+    second = stack.cli("dev", "--port", "1", check=False)
+    assert second.returncode == 1
+    assert (
+        second.stderr.strip()
+        == f"parcours dev is already running on {stack.data_dir} (pid {stack.process.pid})"
+    )  # type: ignore[union-attr]
+
+
+def test_sigterm_stops_everything_it_started(stack: DevStack) -> None:
+    children = [stack.pid("temporal"), stack.pid("worker")]
+    assert all(alive(pid) for pid in children)
+    assert stack.stop() == 0
+    wait_until(lambda: not any(alive(pid) for pid in children), 20, "the children to exit")
+
+
+def test_a_worker_killed_during_a_wait_is_replaced_and_sends_each_message_once(
+    stack: DevStack,
+) -> None:
+    stack.cli("profiles", "set", "bob", "--email", "bob@example.com")
+    stack.cli("events", "send", "ping", "--profile", "bob")
+    wait_until(lambda: stack.deliveries("bob"), 30, "the first message")
+    old = stack.pid("worker")
+    os.kill(old, signal.SIGKILL)
+    wait_until(lambda: stack.pid("worker") != old, 30, "a new worker")
+    deliveries = wait_until(
+        lambda: len(d := stack.deliveries("bob")) == 2 and d, 60, "the second message"
+    )
+    assert [d["subject"] for d in deliveries] == ["Ping first", "Ping second"]
+    assert all(d["status"] == "sent" for d in deliveries)
+
+
+def test_a_killed_temporal_server_keeps_the_waiting_journey(stack: DevStack) -> None:
+    stack.cli("profiles", "set", "cy", "--email", "cy@example.com")
+    stack.cli("events", "send", "ping", "--profile", "cy")
+    wait_until(lambda: stack.deliveries("cy"), 30, "the first message")
+    temporal, worker = stack.pid("temporal"), stack.pid("worker")
+    os.kill(temporal, signal.SIGKILL)
+    assert stack.process is not None
+    os.kill(stack.process.pid, signal.SIGKILL)
+    stack.process.wait(30)
+    # Nothing is left behind, even by a `kill -9` of `parcours dev` itself.
+    wait_until(lambda: not alive(worker) and not alive(temporal), 20, "the old stack to be gone")
+
+    stack.start()
+    deliveries = wait_until(
+        lambda: len(d := stack.deliveries("cy")) == 2 and d, 60, "the second message"
+    )
+    assert [d["subject"] for d in deliveries] == ["Ping first", "Ping second"]
