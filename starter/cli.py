@@ -262,6 +262,9 @@ def events_send(
     ] = None,
     event_id: Annotated[str | None, typer.Option("--id", help="Idempotency key.")] = None,
     timestamp: Annotated[datetime | None, typer.Option(help="RFC 3339; default now.")] = None,
+    journey: Annotated[
+        str | None, typer.Option(help="Route only to this journey (checked first).")
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Record an event and start or feed the journeys it enters."""
@@ -281,7 +284,7 @@ def events_send(
 
     async def run() -> Any:
         client = await connect(config)
-        return await send_event(client, engine(ctx), config, new)
+        return await send_event(client, engine(ctx), config, new, journey)
 
     routed = asyncio.run(run())
     if as_json:

@@ -16,6 +16,7 @@ from activities import catalog
 from activities.events import record_event
 from parcours import search_attributes as sa
 from parcours.contracts import EventRef, JourneyInput
+from parcours.errors import InputError
 from parcours.records import Event, NewEvent
 from parcours.settings import Settings
 from workflows.journey import JourneyWorkflow
@@ -32,13 +33,22 @@ class Routed:
     journeys: list[str] = field(default_factory=list)  # workflow ids started or signalled
 
 
-async def send_event(client: Client, engine: Engine, settings: Settings, new: NewEvent) -> Routed:
+async def send_event(
+    client: Client, engine: Engine, settings: Settings, new: NewEvent, journey_id: str | None = None
+) -> Routed:
+    """Record the event and route it to every live journey it enters, or only to `journey_id`,
+    which must then exist and enter on this event (checked before anything is recorded)."""
+    journeys = catalog.live_journeys_for_event(engine, new.type)
+    if journey_id is not None:
+        journeys = [(j, v) for j, v in journeys if j.id == journey_id]
+        if not journeys:
+            raise InputError("journey", _not_enterable(engine, journey_id, new.type))
     event, duplicate = record_event(engine, new)
     routed = Routed(event, duplicate)
     if duplicate:
         return routed
     ref = EventRef(id=event.id, type=event.type, timestamp=event.timestamp)
-    for journey, version in catalog.live_journeys_for_event(engine, event.type):
+    for journey, version in journeys:
         workflow_id = journey_workflow_id(journey.id, event.profile_id)
         await client.start_workflow(
             JourneyWorkflow.run,
@@ -64,3 +74,15 @@ async def send_event(client: Client, engine: Engine, settings: Settings, new: Ne
         )
         routed.journeys.append(workflow_id)
     return routed
+
+
+def _not_enterable(engine: Engine, journey_id: str, event_type: str) -> str:
+    known = {j.journey_id: j for j in catalog.list_journeys(engine)}
+    journey = known.get(journey_id)
+    if journey is None:
+        return (
+            f"no journey {journey_id!r} is published; known: {', '.join(sorted(known)) or 'none'}"
+        )
+    if journey.status != "live":
+        return f"journey {journey_id!r} is {journey.status}, not live"
+    return f"journey {journey_id!r} enters on {journey.entry_event!r} events, not {event_type!r}"

