@@ -165,6 +165,14 @@ def engine_for(url: str) -> Engine:
         return engine
 
 
+def close_engine(url: str) -> None:
+    """Release the engine's connections (tests, and processes that switch stores)."""
+    with _engines_lock:
+        engine = _engines.pop(url, None)
+    if engine is not None:
+        engine.dispose()
+
+
 def _alembic_config(engine: Engine) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))

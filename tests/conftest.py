@@ -11,17 +11,19 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from activities.db import engine_for
+from activities.db import close_engine, engine_for
 from parcours import search_attributes as sa
 from parcours.plugin import ParcoursPlugin
 from parcours.settings import Settings
 from starter.binaries import temporal_cli, temporal_test_server
 from starter.search_attributes import register
 from tests.fakes.sendgrid import FakeSendGrid
+from tests.postgres import postgres_server
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -36,11 +38,36 @@ def _no_ambient_settings(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name, raising=False)
 
 
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each store test runs on SQLite and on a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'parcours.db'}"
+        yield url
+        close_engine(url)
+        return
+    server = request.getfixturevalue("postgres_url")
+    name = f"t_{uuid.uuid4().hex}"
+    admin = create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    yield f"{server}/{name}"
+    close_engine(f"{server}/{name}")
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings.load(tmp_path / "data", env={}).model_copy(
-        update={"task_queue": f"test-{uuid.uuid4()}"}
-    )
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    loaded = Settings.load(tmp_path / "data", env={"PARCOURS_DATABASE_URL": database_url})
+    return loaded.model_copy(update={"task_queue": f"test-{uuid.uuid4()}"})
 
 
 @pytest.fixture

@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities import catalog, ledger
+from activities.db import ProfileRow, engine_for
 from activities.profiles import set_profile
 from parcours import search_attributes as sa
 from parcours.contracts import JourneyPosition
 from parcours.loader import load_paths
 from parcours.records import NewEvent
 from parcours.settings import Settings
-from starter.routing import send_event
+from starter.routing import journey_workflow_id, send_event
 from tests.conftest import EXAMPLES, client_with_plugin
 from tests.fakes.sendgrid import FakeSendGrid
 from workflows.journey import JourneyWorkflow
@@ -35,6 +40,19 @@ async def run_worker(env: WorkflowEnvironment, settings: Settings) -> AsyncItera
     client = client_with_plugin(env, settings)
     async with Worker(client, task_queue=settings.task_queue):
         yield client
+    await end_entries(client, engine_for(settings.database_url))
+
+
+async def end_entries(client: Client, engine: Engine) -> None:
+    """The server outlives the test: end its entries so the next test starts from nothing
+    (a timer firing for a worker that is gone would stall time skipping)."""
+    with Session(engine) as session:
+        profiles = list(session.scalars(select(ProfileRow.id)))
+    for journey in catalog.list_journeys(engine):
+        for profile in profiles:
+            handle = client.get_workflow_handle(journey_workflow_id(journey.journey_id, profile))
+            with contextlib.suppress(RPCError):
+                await handle.terminate("test finished")
 
 
 @pytest.fixture
