@@ -120,14 +120,17 @@ async def test_search_attributes_and_summaries_are_visible(
     assert attributes.get(sa.NODE) == "done"
 
     converter = client.data_converter.payload_converter
-    summaries = []
+    summaries, upserts = [], 0
     async for event in handle.fetch_history_events():
+        upserts += event.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES
         if event.event_type in (
             EventType.EVENT_TYPE_TIMER_STARTED,
             EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED,
         ):
             summaries.append(converter.from_payload(event.user_metadata.summary, str))
     assert summaries == ["email welcome-email", "wait 1d", "email tips-email"]
+    # ParcoursNode is updated where the profile settles (the wait, the end), not at each step.
+    assert upserts == 2
 
 
 async def test_the_same_event_while_inside_starts_no_second_entry(

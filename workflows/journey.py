@@ -46,6 +46,8 @@ class JourneyWorkflow:
         self._path: list[Step] = []
         self._events: list[str] = [input.entry_event.id] if input.entry_event else []
         self._visits: dict[str, int] = {}
+        # Set at start by the router; kept in sync only where the profile settles.
+        self._indexed_node = input.journey.start
 
     @workflow.run
     async def run(self, input: JourneyInput) -> JourneyPosition:
@@ -86,12 +88,19 @@ class JourneyWorkflow:
         self._node = node_id
         self._visits[node_id] = self._visits.get(node_id, 0) + 1
         self._path.append(Step(node=node_id, type=node_type, entered_at=workflow.now()))
-        workflow.upsert_search_attributes([sa.NODE.value_set(node_id)])
+
+    def _settle(self, node_id: str) -> None:
+        """Index the node where the profile will stay a while (a wait, the end), so the UI can
+        list who is where; passing through a message costs no extra Temporal action."""
+        if self._indexed_node != node_id:
+            self._indexed_node = node_id
+            workflow.upsert_search_attributes([sa.NODE.value_set(node_id)])
 
     def _outcome(self, outcome: str) -> None:
         self._path[-1].outcome = outcome
 
     async def _wait(self, node: WaitNode) -> str:
+        self._settle(node.id)
         until = workflow.now() + node.duration
         workflow.set_current_details(
             f"At **{node.id}**: {node.summary()}, until {until:%Y-%m-%d %H:%M} UTC"
@@ -130,6 +139,7 @@ class JourneyWorkflow:
         return node.next
 
     async def _end(self, node: EndNode) -> None:
+        self._settle(node.id)
         workflow.set_current_details(f"Finished at **{node.id}**")
         self._outcome("ended")
         return None
