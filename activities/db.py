@@ -62,8 +62,31 @@ class ProfileRow(Base):
     timezone: Mapped[str | None] = mapped_column(String(64))
     locale: Mapped[str | None] = mapped_column(String(35))
     attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # {channel: {"status": "opted_in" | "opted_out", "source": str, "at": RFC 3339}}
+    consent: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    device_tokens: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class SegmentRow(Base):
+    __tablename__ = "segments"
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    definition: Mapped[dict[str, Any]]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class MembershipRow(Base):
+    """A profile's membership of a segment: kept after exit, so history stays readable."""
+
+    __tablename__ = "memberships"
+    segment_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    profile_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    active: Mapped[bool]
+    entered_at: Mapped[datetime]
+    exited_at: Mapped[datetime | None]
+    # Decision engines ask "which segments is this profile in now?" on a page's request path.
+    __table_args__ = (Index("ix_memberships_profile_active", "profile_id", "active"),)
 
 
 class EventRow(Base):

@@ -360,3 +360,7 @@ def deliveries(
 
 def main() -> None:
     app()
+
+
+# Command groups kept in their own modules register themselves on the apps above.
+from starter import imports_cli, segments_cli  # noqa: E402, F401

@@ -7,6 +7,7 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import Engine
 
 from activities import catalog, ledger
+from activities.db import engine_for
 from activities.events import get_event, record_event
 from activities.profiles import get_profile, set_profile
 from activities.rendering import RenderError, render
@@ -139,3 +140,24 @@ def test_templates_are_strict_and_sandboxed() -> None:
     html = Template(id="t", channel="email", subject="s", body="{{ x }}", html="<p>{{ x }}</p>")
     rendered = render(html, {"x": "<script>"})
     assert rendered.text == "<script>" and rendered.html == "<p>&lt;script&gt;</p>"
+
+
+def test_migrations_upgrade_a_store_that_already_holds_profiles(database_url: str) -> None:
+    from alembic import command
+    from sqlalchemy import create_engine, text
+
+    from activities.db import _alembic_config, migrate
+
+    raw = create_engine(database_url)
+    command.upgrade(_alembic_config(raw), "0001")
+    with raw.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO profiles (id, email, attributes, created_at, updated_at) "
+                "VALUES ('old', 'old@example.com', '{\"plan\": \"pro\"}', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+            )
+        )
+    migrate(raw)
+    raw.dispose()
+    profile = get_profile(engine_for(database_url), "old")
+    assert profile is not None and profile.attributes == {"plan": "pro"}

@@ -1,0 +1,1 @@
+"""`parcours profiles import` and `parcours events import`."""
