@@ -31,6 +31,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from parcours.evaluate import epoch
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -167,6 +169,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+    # PostgreSQL gets this function from migration 0003; both parse what the in-memory
+    # evaluator parses.
+    dbapi_connection.create_function("parcours_epoch", 1, epoch, deterministic=True)
 
 
 _engines: dict[str, Engine] = {}

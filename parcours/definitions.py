@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from parcours.durations import Duration, format_duration
+from parcours.rules import Rule
 
 Identifier = Annotated[
     str,
@@ -98,5 +99,13 @@ class Journey(_Strict):
         raise KeyError(node_id)
 
 
-Definition = Annotated[Template | Journey, Field(discriminator="kind")]
-KINDS = ("template", "journey")
+class Segment(_Strict):
+    kind: Literal["segment"] = "segment"
+    id: Identifier
+    name: str | None = None
+    rule: Rule
+
+
+Definition = Annotated[Segment | Template | Journey, Field(discriminator="kind")]
+# Also the order of publication: what is used comes before what uses it.
+KINDS = ("segment", "template", "journey")

@@ -18,11 +18,12 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
-from parcours.definitions import KINDS, NODE_TYPES, Definition, Journey, Template
+from parcours.definitions import KINDS, NODE_TYPES, Definition, Journey, Segment, Template
+from parcours.segment_checks import validate_segments
 from parcours.validation import validate_journey
 
 SUFFIXES = (".yaml", ".yml", ".json")
-_ADAPTER: TypeAdapter[Template | Journey] = TypeAdapter(Definition)
+_ADAPTER: TypeAdapter[Segment | Template | Journey] = TypeAdapter(Definition)
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class LoadError:
 
 @dataclass(frozen=True)
 class Loaded:
-    definition: Template | Journey
+    definition: Segment | Template | Journey
     file: str
     document: int | None = None
     node: yaml.Node | None = field(default=None, compare=False, repr=False)  # for line numbers
@@ -59,6 +60,14 @@ class LoadResult:
             d.definition.id: d.definition
             for d in self.definitions
             if isinstance(d.definition, Template)
+        }
+
+    @property
+    def segments(self) -> dict[str, Segment]:
+        return {
+            d.definition.id: d.definition
+            for d in self.definitions
+            if isinstance(d.definition, Segment)
         }
 
     @property
@@ -84,19 +93,31 @@ def definition_files(paths: Iterable[Path]) -> list[Path]:
 
 
 def load_paths(
-    paths: Iterable[Path], known_templates: Mapping[str, Template] | None = None
+    paths: Iterable[Path],
+    known_templates: Mapping[str, Template] | None = None,
+    known_segments: Mapping[str, Segment] | None = None,
 ) -> LoadResult:
     """Load and cross-check every definition under `paths`.
 
-    `known_templates` are those already published, so a journey may use a template applied
-    earlier; templates in these files take precedence.
+    `known_*` are the definitions already published, so a journey may use a template (and a
+    segment another segment) applied earlier; definitions in these files take precedence.
     """
     result = LoadResult()
     for path in definition_files(paths):
         _load_file(path, result)
     _check_duplicates(result)
     templates = {**(known_templates or {}), **result.templates}
+    segment_problems = validate_segments(result.segments, known_segments or {})
     for loaded in result.definitions:
+        for problem in (
+            segment_problems.get(loaded.definition.id, [])
+            if isinstance(loaded.definition, Segment)
+            else []
+        ):
+            line = _line(loaded.node, _parse_path(problem.path))
+            result.errors.append(
+                LoadError(loaded.file, problem.path, problem.message, loaded.document, line)
+            )
         if isinstance(loaded.definition, Journey):
             for problem in validate_journey(loaded.definition, templates):
                 line = _line(loaded.node, _parse_path(problem.path))
@@ -198,8 +219,12 @@ def _segments(data: Any, loc: tuple[int | str, ...]) -> list[int | str]:
     segments: list[int | str] = []
     current = data
     for part in loc:
-        is_tag = isinstance(current, dict) and part not in current and part in current.values()
-        if isinstance(part, str) and is_tag:  # a discriminator tag such as `journey` or `wait`
+        if (
+            isinstance(part, str)
+            and isinstance(current, dict)
+            and part not in current
+            and (part in current.values() or part.endswith(" rule"))
+        ):  # a discriminator tag such as `journey`, `wait` or `attribute rule`
             continue
         segments.append(part)
         if isinstance(current, dict):
