@@ -11,15 +11,15 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from activities.db import JourneyRow, JourneyVersionRow, TemplateRow
-from parcours.definitions import Journey, MessageNode, Template
+from activities.db import JourneyRow, JourneyVersionRow, SegmentRow, TemplateRow
+from parcours.definitions import Journey, MessageNode, Segment, Template
 from parcours.loader import LoadResult
 from parcours.records import JourneyVersion
 
 
 @dataclass(frozen=True)
 class Published:
-    kind: Literal["template", "journey"]
+    kind: Literal["segment", "template", "journey"]
     id: str
     outcome: Literal["created", "updated", "unchanged"]
     version: int | None = None
@@ -29,7 +29,7 @@ class Published:
             if self.outcome == "unchanged":
                 return f"journey {self.id}: unchanged (version {self.version} is live)"
             return f"journey {self.id}: published version {self.version} (live)"
-        return f"template {self.id}: {self.outcome}"
+        return f"{self.kind} {self.id}: {self.outcome}"
 
 
 def known_templates(engine: Engine) -> dict[str, Template]:
@@ -40,30 +40,58 @@ def known_templates(engine: Engine) -> dict[str, Template]:
         }
 
 
+def known_segments(engine: Engine) -> dict[str, Segment]:
+    with Session(engine) as session:
+        return {
+            row.id: Segment.model_validate(row.definition)
+            for row in session.scalars(select(SegmentRow))
+        }
+
+
 def publish(engine: Engine, loaded: LoadResult) -> list[Published]:
-    """Save templates and publish journeys in one transaction: all of it, or none of it.
+    """Save segments and templates and publish journeys in one transaction: all, or none.
 
     A journey whose definition and templates are unchanged since its latest version is not
     published again, so applying the same directory twice is harmless.
     """
     results: list[Published] = []
     with Session(engine) as session, session.begin():
+        for segment in loaded.segments.values():
+            results.append(
+                _save(
+                    session, SegmentRow(id=segment.id, definition=segment.model_dump(mode="json"))
+                )
+            )
         for template in loaded.templates.values():
             data = template.model_dump(mode="json")
-            row = session.get(TemplateRow, template.id)
-            if row is None:
-                session.add(TemplateRow(id=template.id, channel=template.channel, definition=data))
-                results.append(Published("template", template.id, "created"))
-            elif row.definition != data:
-                row.channel, row.definition = template.channel, data
-                results.append(Published("template", template.id, "updated"))
-            else:
-                results.append(Published("template", template.id, "unchanged"))
+            results.append(
+                _save(
+                    session, TemplateRow(id=template.id, channel=template.channel, definition=data)
+                )
+            )
         session.flush()
         templates = {row.id: row.definition for row in session.scalars(select(TemplateRow))}
         for journey in loaded.journeys:
             results.append(_publish_journey(session, journey, templates))
     return results
+
+
+def _save(session: Session, new: SegmentRow | TemplateRow) -> Published:
+    kind: Literal["segment", "template"] = "segment" if isinstance(new, SegmentRow) else "template"
+    row = (
+        session.get(SegmentRow, new.id)
+        if isinstance(new, SegmentRow)
+        else session.get(TemplateRow, new.id)
+    )
+    if row is None:
+        session.add(new)
+        return Published(kind, new.id, "created")
+    if row.definition == new.definition:
+        return Published(kind, new.id, "unchanged")
+    row.definition = new.definition
+    if isinstance(row, TemplateRow) and isinstance(new, TemplateRow):
+        row.channel = new.channel
+    return Published(kind, new.id, "updated")
 
 
 def _publish_journey(

@@ -7,28 +7,19 @@ from datetime import timedelta
 from functools import cached_property
 from typing import Any
 
-from sqlalchemy.engine import Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import catalog, events, ledger, profiles
+from activities.bound import BoundActivities
 from activities.channels.base import OutgoingEmail, ProviderError
 from activities.channels.email import SendGridEmail
-from activities.db import engine_for
 from activities.rendering import RenderError, render
 from parcours.contracts import DeliveryResult, SendMessageInput
-from parcours.settings import Settings
 
 
-class ParcoursActivities:
-    """Activities bound to one store and one set of provider credentials."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-
-    @cached_property
-    def engine(self) -> Engine:
-        return engine_for(self.settings.database_url)
+class DeliveryActivities(BoundActivities):
+    """Delivery, bound to one store and one set of provider credentials."""
 
     @cached_property
     def email_provider(self) -> SendGridEmail | None:

@@ -84,9 +84,11 @@ class _JsonField:
         return self.text
 
     def boolean(self, value: bool) -> Condition:
-        if self.dialect == "postgresql":
-            return self.text == ("true" if value else "false")
-        return self.json_type == ("true" if value else "false")
+        text = "true" if value else "false"
+        condition: Condition = (
+            self.text == text if self.dialect == "postgresql" else self.json_type == text
+        )
+        return condition
 
 
 class RuleCompiler:
@@ -180,8 +182,9 @@ class RuleCompiler:
         if family == "string" and self.dialect == "postgresql":
             # Byte order, as Python and SQLite compare, whatever the database's collation.
             operator = {"gt": "~>~", "gte": "~>=~", "lt": "~<~", "lte": "~<=~"}[op]
-            return actual.op(operator, is_comparison=True)(literal(value, String))  # type: ignore[no-any-return]
-        return {
+            condition: Condition = actual.op(operator, is_comparison=True)(literal(value, String))
+            return condition
+        return {  # type: ignore[no-any-return]
             "gt": actual > value,
             "gte": actual >= value,
             "lt": actual < value,
@@ -195,6 +198,7 @@ class RuleCompiler:
         else:
             column = profiles.c.email if channel == "email" else profiles.c.phone
             identity = and_(column.isnot(None), column != "")
+        status: Any
         if self.dialect == "postgresql":
             status = profiles.c.consent.op("->")(literal(channel, String)).op(
                 "->>", return_type=String

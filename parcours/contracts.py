@@ -71,3 +71,8 @@ class DeliveryResult(BaseModel):
     status: DeliveryStatus
     reason: str | None = None
     provider_message_id: str | None = None
+
+
+class RecheckResult(BaseModel):
+    entered: int = 0
+    exited: int = 0

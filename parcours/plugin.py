@@ -12,21 +12,24 @@ from __future__ import annotations
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.plugin import SimplePlugin
 
-from activities.delivery import ParcoursActivities
+from activities.delivery import DeliveryActivities
+from activities.recheck import SegmentActivities
 from parcours.settings import Settings
 from workflows.journey import JourneyWorkflow
+from workflows.segment_recheck import SegmentRecheckWorkflow
 
-WORKFLOWS: list[type] = [JourneyWorkflow]
+WORKFLOWS: list[type] = [JourneyWorkflow, SegmentRecheckWorkflow]
 
 
 class ParcoursPlugin(SimplePlugin):
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings.load()
         # Not `self.activities`: SimplePlugin keeps its activity list under that name.
-        bound = ParcoursActivities(self.settings)
+        delivery = DeliveryActivities(self.settings)
+        segments = SegmentActivities(self.settings)
         super().__init__(
             "parcours",
             data_converter=pydantic_data_converter,
             workflows=WORKFLOWS,
-            activities=[bound.send_message],
+            activities=[delivery.send_message, segments.recheck_segments],
         )

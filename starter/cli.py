@@ -182,14 +182,9 @@ def apply_definitions(
     as_json: JsonFlag = False,
 ) -> None:
     """Validate definitions and publish them: all of them, or none when any is wrong."""
-    from activities import catalog
-    from parcours.loader import LoadFailed, load_paths
+    from activities.apply import apply_paths
 
-    db = engine(ctx)
-    loaded = load_paths(paths, catalog.known_templates(db))
-    if loaded.errors:
-        raise LoadFailed(loaded.errors)
-    results = catalog.publish(db, loaded)
+    results = apply_paths(engine(ctx), paths)
     if as_json:
         print_json([r.__dict__ for r in results])
     else:

@@ -231,20 +231,20 @@ class DevStack:
             )
 
     def _apply(self, settings: Settings) -> None:
-        from activities import catalog
+        from activities.apply import apply_paths
         from activities.db import engine_for
-        from parcours.loader import load_paths
+        from parcours.loader import LoadFailed
 
-        engine = engine_for(settings.database_url)
-        loaded = load_paths(self.apply, catalog.known_templates(engine))
-        if loaded.errors:
+        try:
+            results = apply_paths(engine_for(settings.database_url), self.apply)
+        except LoadFailed as exc:
             raise StackError(
                 "cannot apply "
                 + ", ".join(map(str, self.apply))
                 + ":\n  "
-                + "\n  ".join(map(str, loaded.errors))
-            )
-        for result in catalog.publish(engine, loaded):
+                + "\n  ".join(map(str, exc.errors))
+            ) from None
+        for result in results:
             console.print(f"  {result}")
 
     def _supervise(self) -> int:

@@ -14,6 +14,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes, Workfl
 
 from activities import catalog
 from activities.events import record_event
+from activities.segments import Transition, refresh_profile
 from parcours import search_attributes as sa
 from parcours.contracts import EventRef, JourneyInput
 from parcours.errors import InputError
@@ -31,6 +32,7 @@ class Routed:
     event: Event
     duplicate: bool
     journeys: list[str] = field(default_factory=list)  # workflow ids started or signalled
+    segments: list[Transition] = field(default_factory=list)  # memberships this event changed
 
 
 async def send_event(
@@ -47,6 +49,7 @@ async def send_event(
     routed = Routed(event, duplicate)
     if duplicate:
         return routed
+    routed.segments = refresh_profile(engine, event.profile_id, event_type=event.type)
     ref = EventRef(id=event.id, type=event.type, timestamp=event.timestamp)
     for journey, version in journeys:
         workflow_id = journey_workflow_id(journey.id, event.profile_id)

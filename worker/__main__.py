@@ -10,10 +10,12 @@ from temporalio.worker import Worker
 
 from parcours.settings import Settings
 from starter.client import connect
+from starter.schedules import ensure_recheck_schedule
 
 
 async def run_worker(settings: Settings, ready: asyncio.Event | None = None) -> None:
     client = await connect(settings)
+    await ensure_recheck_schedule(client, settings)
     # The plugin on the client brings the workflows, activities and converter to the worker.
     worker = Worker(client, task_queue=settings.task_queue)
     stop = asyncio.Event()

@@ -1,0 +1,25 @@
+"""`parcours apply`: validate definition files against what is published, then publish them
+all or nothing, and bring the membership of new or changed segments up to date."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+
+from activities import catalog, segments
+from parcours.loader import LoadFailed, load_paths
+
+
+def apply_paths(engine: Engine, paths: Iterable[Path]) -> list[catalog.Published]:
+    loaded = load_paths(paths, catalog.known_templates(engine), catalog.known_segments(engine))
+    if loaded.errors:
+        raise LoadFailed(loaded.errors)
+    results = catalog.publish(engine, loaded)
+    for result in results:
+        if result.kind == "segment" and result.outcome != "unchanged":
+            # A segment's first members are computed, not "entered": publishing a segment must
+            # not start a journey for everyone already in it.
+            segments.rebuild(engine, result.id)
+    return results
