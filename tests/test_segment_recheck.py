@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
@@ -24,7 +25,9 @@ from starter.schedules import RECHECK_SCHEDULE_ID, ensure_recheck_schedule
 async def test_a_lapsed_window_is_caught_by_the_scheduled_recheck(
     dev_server_env: WorkflowEnvironment, settings: Settings, engine: Engine, tmp_path: Path
 ) -> None:
-    (tmp_path / "s.yaml").write_text("kind: segment\nid: buyers\nrule: {event: order, within: 30d}\n")
+    (tmp_path / "s.yaml").write_text(
+        "kind: segment\nid: buyers\nrule: {event: order, within: 30d}\n"
+    )
     apply_paths(engine, [tmp_path / "s.yaml"])
     then = datetime.now(UTC) - timedelta(days=31)
     record_event(engine, NewEvent(type="order", profile_id="ada", timestamp=then))
@@ -45,8 +48,10 @@ async def test_a_lapsed_window_is_caught_by_the_scheduled_recheck(
                 if actions:
                     break
                 await asyncio.sleep(0.1)
-            started = actions[0].action
-            handle = client.get_workflow_handle(started.workflow_id, run_id=started.first_execution_run_id)  # type: ignore[attr-defined]
+            started: Any = actions[0].action
+            handle = client.get_workflow_handle(
+                started.workflow_id, run_id=started.first_execution_run_id
+            )
             result = await handle.result(rpc_timeout=timedelta(seconds=30))
         finally:
             await schedule.delete()

@@ -46,8 +46,13 @@ def errors(tmp_path: Path, text: str) -> list[str]:
     return [str(e) for e in result.errors]
 
 
-def test_a_segment_referring_to_itself_through_another_is_refused_with_the_cycle(tmp_path: Path) -> None:
-    found = errors(tmp_path, "kind: segment\nid: a\nrule: {segment: b}\n---\nkind: segment\nid: b\nrule: {not: {segment: a}}\n")
+def test_a_segment_referring_to_itself_through_another_is_refused_with_the_cycle(
+    tmp_path: Path,
+) -> None:
+    found = errors(
+        tmp_path,
+        "kind: segment\nid: a\nrule: {segment: b}\n---\nkind: segment\nid: b\nrule: {not: {segment: a}}\n",
+    )
     assert any("rule: segments refer to each other in a cycle: a -> b -> a" in e for e in found)
     assert any("rule: segments refer to each other in a cycle: b -> a -> b" in e for e in found)
 
@@ -62,7 +67,10 @@ def test_unknown_operators_and_mistyped_values_name_their_path(tmp_path: Path) -
     text = "\n".join(found)
     assert ":5: rule.all[0].op: got 'equals', expected 'eq', 'ne'" in text
     assert ":6: rule.all[1].any[0]: `gt` takes a number or a string value" in text
-    assert "rule.all[1].any[1]: `in` takes a list of strings, numbers or booleans, all of one type" in text
+    assert (
+        "rule.all[1].any[1]: `in` takes a list of strings, numbers or booleans, all of one type"
+        in text
+    )
     assert ":7: rule.all[2].count: `count` takes one or two of eq, gt, gte, lt, lte" in text
     assert ":8: rule.all[3]: expected a rule: a mapping with one of attribute, event" in text
 
@@ -94,34 +102,54 @@ def test_only_segments_a_change_can_affect_are_re_evaluated(engine: Engine, tmp_
     assert refresh_profile(engine, "ada", event_type="visit") == []
 
 
-def test_streaming_membership_follows_events_and_profile_changes(engine: Engine, tmp_path: Path) -> None:
+def test_streaming_membership_follows_events_and_profile_changes(
+    engine: Engine, tmp_path: Path
+) -> None:
     (tmp_path / "s.yaml").write_text(SEGMENTS)
     apply_paths(engine, [tmp_path / "s.yaml"])
     set_profile(engine, "ada", email="ada@example.com")
     now = datetime.now(UTC)
 
-    record_event(engine, NewEvent(type="order", profile_id="ada", properties={"total": 150}, timestamp=now))
+    record_event(
+        engine, NewEvent(type="order", profile_id="ada", properties={"total": 150}, timestamp=now)
+    )
     entered = refresh_profile(engine, "ada", event_type="order", now=now)
     assert [(t.segment_id, t.entered) for t in entered] == [("buyers", True)]
 
-    record_event(engine, NewEvent(type="order", profile_id="ada", properties={"total": 120}, timestamp=now))
-    assert [(t.segment_id, t.entered) for t in refresh_profile(engine, "ada", event_type="order", now=now)] == [
-        ("big-spenders", True)
-    ]
+    record_event(
+        engine, NewEvent(type="order", profile_id="ada", properties={"total": 120}, timestamp=now)
+    )
+    assert [
+        (t.segment_id, t.entered)
+        for t in refresh_profile(engine, "ada", event_type="order", now=now)
+    ] == [("big-spenders", True)]
     set_profile(engine, "ada", attributes={"plan": "pro"})
     changed = refresh_profile(engine, "ada", profile_changed=True, now=now)
-    assert sorted((t.segment_id, t.entered) for t in changed) == [("pro", True), ("pro-buyers", True)]
-    assert [m.segment_id for m in profile_segments(engine, "ada")] == ["big-spenders", "buyers", "pro", "pro-buyers"]
+    assert sorted((t.segment_id, t.entered) for t in changed) == [
+        ("pro", True),
+        ("pro-buyers", True),
+    ]
+    assert [m.segment_id for m in profile_segments(engine, "ada")] == [
+        "big-spenders",
+        "buyers",
+        "pro",
+        "pro-buyers",
+    ]
 
     # Thirty-one days on with no new order: the periodic re-check takes ada out of `buyers`.
     later = now + timedelta(days=31)
     left = recheck_time_windows(engine, now=later)
-    assert sorted((t.segment_id, t.entered) for t in left) == [("buyers", False), ("pro-buyers", False)]
+    assert sorted((t.segment_id, t.entered) for t in left) == [
+        ("buyers", False),
+        ("pro-buyers", False),
+    ]
     assert [m.segment_id for m in profile_segments(engine, "ada")] == ["big-spenders", "pro"]
     assert recheck_time_windows(engine, now=later) == [], "a second run changes nothing"
 
 
-def test_publishing_a_segment_computes_its_members_in_batch_and_pages_them(engine: Engine, tmp_path: Path) -> None:
+def test_publishing_a_segment_computes_its_members_in_batch_and_pages_them(
+    engine: Engine, tmp_path: Path
+) -> None:
     for i in range(25):
         set_profile(engine, f"p{i:02d}", attributes={"plan": "pro" if i % 2 else "free"})
     (tmp_path / "s.yaml").write_text(SEGMENTS)
@@ -133,7 +161,9 @@ def test_publishing_a_segment_computes_its_members_in_batch_and_pages_them(engin
 
 
 def test_a_bad_segment_publishes_nothing(engine: Engine, tmp_path: Path) -> None:
-    (tmp_path / "s.yaml").write_text(SEGMENTS + "---\nkind: segment\nid: bad\nrule: {segment: nowhere}\n")
+    (tmp_path / "s.yaml").write_text(
+        SEGMENTS + "---\nkind: segment\nid: bad\nrule: {segment: nowhere}\n"
+    )
     with pytest.raises(LoadFailed):
         apply_paths(engine, [tmp_path / "s.yaml"])
     from activities.catalog import known_segments
