@@ -182,3 +182,25 @@ def list_journeys(engine: Engine) -> list[JourneyVersion]:
             )
             for j, created in rows
         ]
+
+
+# Versions never change once published, so each is parsed once per process.
+_listening: dict[tuple[str, int], frozenset[str]] = {}
+
+
+def journeys_listening_to(engine: Engine, event_type: str) -> list[str]:
+    """Journeys with any version whose running entries wait for or exit on this event type."""
+    with Session(engine) as session:
+        keys = session.execute(
+            select(JourneyVersionRow.journey_id, JourneyVersionRow.version)
+            .join(JourneyRow, JourneyRow.id == JourneyVersionRow.journey_id)
+            .where(JourneyRow.status != "stopped")
+        ).all()
+        missing = [(j, v) for j, v in keys if (j, v) not in _listening]
+        for journey_id, version in missing:
+            row = session.get(JourneyVersionRow, (journey_id, version))
+            assert row is not None
+            _listening[(journey_id, version)] = frozenset(
+                Journey.model_validate(row.definition).listens_to()
+            )
+    return sorted({j for j, v in keys if event_type in _listening[(j, v)]})

@@ -7,11 +7,12 @@ which activities read from the store when they need them.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from parcours.definitions import Channel, Journey
+from parcours.rules import Rule
 
 DeliveryStatus = Literal[
     "queued", "sending", "sent", "delivered", "opened", "clicked", "bounced", "failed", "suppressed"
@@ -48,6 +49,7 @@ class JourneyPosition(BaseModel):
     profile_id: str
     node: str | None
     finished: bool
+    exit_reason: str | None = None
     path: list[Step] = Field(default_factory=list)
     events: list[str] = Field(default_factory=list)
 
@@ -76,3 +78,17 @@ class DeliveryResult(BaseModel):
 class RecheckResult(BaseModel):
     entered: int = 0
     exited: int = 0
+
+
+class RulesInput(BaseModel):
+    """Rules to test, in order, for one profile; `event_id` is the event property rules read."""
+
+    profile_id: str
+    rules: list[Rule]
+    event_id: str | None = None
+
+
+class UpdateProfileInput(BaseModel):
+    profile_id: str
+    set: dict[str, Any] = Field(default_factory=dict)
+    unset: list[str] = Field(default_factory=list)

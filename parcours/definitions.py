@@ -6,7 +6,7 @@ the store keeps them as JSON, and workflows receive them as their input.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -58,6 +58,9 @@ class WaitNode(_Strict):
     def summary(self) -> str:
         return f"wait {format_duration(self.duration)}"
 
+    def edges(self) -> list[tuple[str, str]]:
+        return [("next", self.next)]
+
 
 class MessageNode(_Strict):
     id: Identifier
@@ -71,6 +74,83 @@ class MessageNode(_Strict):
     def summary(self) -> str:
         return f"{self.channel} {self.template}"
 
+    def edges(self) -> list[tuple[str, str]]:
+        return [("next", self.next)]
+
+
+class Branch(_Strict):
+    when: Rule
+    next: Identifier
+
+
+class ConditionNode(_Strict):
+    id: Identifier
+    type: Literal["condition"]
+    branches: Annotated[list[Branch], Field(min_length=1)]
+    default: Identifier
+
+    def summary(self) -> str:
+        return f"condition {self.id}"
+
+    def edges(self) -> list[tuple[str, str]]:
+        return [(f"branches[{i}].next", b.next) for i, b in enumerate(self.branches)] + [
+            ("default", self.default)
+        ]
+
+
+class Variant(_Strict):
+    name: Identifier
+    weight: Annotated[float, Field(gt=0)]
+    next: Identifier
+
+
+class SplitNode(_Strict):
+    id: Identifier
+    type: Literal["split"]
+    variants: Annotated[list[Variant], Field(min_length=2)]
+
+    def summary(self) -> str:
+        return f"split {self.id}"
+
+    def edges(self) -> list[tuple[str, str]]:
+        return [(f"variants[{i}].next", v.next) for i, v in enumerate(self.variants)]
+
+
+class UpdateProfileNode(_Strict):
+    id: Identifier
+    type: Literal["update_profile"]
+    set: dict[str, Any] = Field(default_factory=dict)
+    unset: list[str] = Field(default_factory=list)
+    next: Identifier
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> UpdateProfileNode:
+        if not self.set and not self.unset:
+            raise ValueError("`update_profile` needs `set` or `unset`")
+        return self
+
+    def summary(self) -> str:
+        return "update profile " + ", ".join([*self.set, *(f"-{k}" for k in self.unset)])
+
+    def edges(self) -> list[tuple[str, str]]:
+        return [("next", self.next)]
+
+
+class WaitForEventNode(_Strict):
+    id: Identifier
+    type: Literal["wait_for_event"]
+    event: Annotated[str, Field(min_length=1)]
+    where: Rule | None = None
+    timeout: Duration
+    on_event: Identifier
+    on_timeout: Identifier
+
+    def summary(self) -> str:
+        return f"wait for {self.event}, at most {format_duration(self.timeout)}"
+
+    def edges(self) -> list[tuple[str, str]]:
+        return [("on_event", self.on_event), ("on_timeout", self.on_timeout)]
+
 
 class EndNode(_Strict):
     id: Identifier
@@ -79,9 +159,27 @@ class EndNode(_Strict):
     def summary(self) -> str:
         return "end"
 
+    def edges(self) -> list[tuple[str, str]]:
+        return []
 
-Node = Annotated[WaitNode | MessageNode | EndNode, Field(discriminator="type")]
-NODE_TYPES = ("wait", "message", "end")
+
+AnyNode = (
+    WaitNode
+    | MessageNode
+    | ConditionNode
+    | SplitNode
+    | UpdateProfileNode
+    | WaitForEventNode
+    | EndNode
+)
+Node = Annotated[AnyNode, Field(discriminator="type")]
+NODE_TYPES = ("wait", "wait_for_event", "condition", "split", "message", "update_profile", "end")
+# Nodes where time passes: every cycle must go through one of these.
+WAITING_NODES = (WaitNode, WaitForEventNode)
+
+
+class ExitWhen(_Strict):
+    event: Annotated[str, Field(min_length=1)]
 
 
 class Journey(_Strict):
@@ -89,14 +187,20 @@ class Journey(_Strict):
     id: Identifier
     name: str | None = None
     entry: EventEntry
+    exit_when: list[ExitWhen] = Field(default_factory=list)
     start: Identifier
     nodes: Annotated[list[Node], Field(min_length=1)]
 
-    def node(self, node_id: str) -> WaitNode | MessageNode | EndNode:
+    def node(self, node_id: str) -> AnyNode:
         for node in self.nodes:
             if node.id == node_id:
                 return node
         raise KeyError(node_id)
+
+    def listens_to(self) -> set[str]:
+        """Event types a running entry must hear about (besides its entry event)."""
+        waits = {n.event for n in self.nodes if isinstance(n, WaitForEventNode)}
+        return waits | {e.event for e in self.exit_when}
 
 
 class Segment(_Strict):

@@ -107,6 +107,7 @@ def load_paths(
         _load_file(path, result)
     _check_duplicates(result)
     templates = {**(known_templates or {}), **result.templates}
+    all_segments = {**(known_segments or {}), **result.segments}
     segment_problems = validate_segments(result.segments, known_segments or {})
     for loaded in result.definitions:
         for problem in (
@@ -119,7 +120,7 @@ def load_paths(
                 LoadError(loaded.file, problem.path, problem.message, loaded.document, line)
             )
         if isinstance(loaded.definition, Journey):
-            for problem in validate_journey(loaded.definition, templates):
+            for problem in validate_journey(loaded.definition, templates, all_segments):
                 line = _line(loaded.node, _parse_path(problem.path))
                 result.errors.append(
                     LoadError(loaded.file, problem.path, problem.message, loaded.document, line)

@@ -13,6 +13,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.plugin import SimplePlugin
 
 from activities.delivery import DeliveryActivities
+from activities.journey_steps import JourneyActivities
 from activities.recheck import SegmentActivities
 from parcours.settings import Settings
 from workflows.journey import JourneyWorkflow
@@ -27,9 +28,15 @@ class ParcoursPlugin(SimplePlugin):
         # Not `self.activities`: SimplePlugin keeps its activity list under that name.
         delivery = DeliveryActivities(self.settings)
         segments = SegmentActivities(self.settings)
+        steps = JourneyActivities(self.settings)
         super().__init__(
             "parcours",
             data_converter=pydantic_data_converter,
             workflows=WORKFLOWS,
-            activities=[delivery.send_message, segments.recheck_segments],
+            activities=[
+                delivery.send_message,
+                segments.recheck_segments,
+                steps.evaluate_rules,
+                steps.update_profile,
+            ],
         )

@@ -9,7 +9,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from parcours.definitions import Journey, MessageNode, Template, WaitNode
+from parcours.definitions import (
+    WAITING_NODES,
+    AnyNode,
+    ConditionNode,
+    Journey,
+    MessageNode,
+    Segment,
+    Template,
+    WaitForEventNode,
+)
+from parcours.rules import misplaced, references
 
 
 @dataclass(frozen=True)
@@ -18,13 +28,16 @@ class Problem:
     message: str
 
 
-def successors(node: object) -> list[tuple[str, str]]:
+def successors(node: AnyNode) -> list[tuple[str, str]]:
     """(field, target node id) for each edge leaving a node."""
-    target = getattr(node, "next", None)
-    return [("next", target)] if isinstance(target, str) else []
+    return node.edges()
 
 
-def validate_journey(journey: Journey, templates: Mapping[str, Template]) -> list[Problem]:
+def validate_journey(
+    journey: Journey,
+    templates: Mapping[str, Template],
+    segments: Mapping[str, Segment] | None = None,
+) -> list[Problem]:
     problems: list[Problem] = []
     index: dict[str, int] = {}
     for i, node in enumerate(journey.nodes):
@@ -52,6 +65,8 @@ def validate_journey(journey: Journey, templates: Mapping[str, Template]) -> lis
                         f"no node has id {target!r}; expected one of {sorted(index)}",
                     )
                 )
+        for path, rule in _rules(node):
+            problems += _check_rule(f"nodes[{i}].{path}", rule, segments or {})
         if isinstance(node, MessageNode):
             template = templates.get(node.template)
             if template is None:
@@ -96,7 +111,7 @@ def _instant_cycles(journey: Journey, index: Mapping[str, int]) -> list[Problem]
     """A cycle with no wait in it would send messages in a tight loop: refuse it."""
     # Depth-first search over the graph without its waiting nodes: any back edge is a cycle
     # that never pauses.
-    waiting = {n.id for n in journey.nodes if isinstance(n, WaitNode)}
+    waiting = {n.id for n in journey.nodes if isinstance(n, WAITING_NODES)}
     state: dict[str, int] = {}  # 1 = on the stack, 2 = done
     problems: list[Problem] = []
 
@@ -124,4 +139,25 @@ def _instant_cycles(journey: Journey, index: Mapping[str, int]) -> list[Problem]
     for node in journey.nodes:
         if node.id not in waiting and node.id not in state and index.get(node.id) is not None:
             visit(node.id, [node.id])
+    return problems
+
+
+def _rules(node: AnyNode) -> list[tuple[str, object]]:
+    if isinstance(node, ConditionNode):
+        return [(f"branches[{i}].when", b.when) for i, b in enumerate(node.branches)]
+    if isinstance(node, WaitForEventNode) and node.where is not None:
+        return [("where", node.where)]
+    return []
+
+
+def _check_rule(path: str, rule: object, segments: Mapping[str, Segment]) -> list[Problem]:
+    # Journey rules may read the entry (or awaited) event's properties at the top level.
+    problems = [
+        Problem(p, m)
+        for p, m in misplaced(rule, path)
+        if not m.startswith("a property rule reads an event")
+    ]
+    for ref in sorted(references(rule)):
+        if ref not in segments:
+            problems.append(Problem(path, f"segment {ref!r} is not defined or applied"))
     return problems

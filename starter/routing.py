@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities import catalog
 from activities.events import record_event
@@ -40,6 +41,7 @@ async def send_event(
 ) -> Routed:
     """Record the event and route it to every live journey it enters, or only to `journey_id`,
     which must then exist and enter on this event (checked before anything is recorded)."""
+    only = journey_id
     journeys = catalog.live_journeys_for_event(engine, new.type)
     if journey_id is not None:
         journeys = [(j, v) for j, v in journeys if j.id == journey_id]
@@ -75,6 +77,19 @@ async def send_event(
             ),
             static_summary=f"{journey.name or journey.id} (v{version}) for {event.profile_id}",
         )
+        routed.journeys.append(workflow_id)
+    # Entries already running that wait for this event, or leave on it.
+    started = {journey.id for journey, _ in journeys}
+    for journey_id in catalog.journeys_listening_to(engine, event.type):
+        if journey_id in started or (only is not None and journey_id != only):
+            continue
+        workflow_id = journey_workflow_id(journey_id, event.profile_id)
+        try:
+            await client.get_workflow_handle(workflow_id).signal("event", ref)
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:  # not found: the profile is not inside
+                raise
+            continue
         routed.journeys.append(workflow_id)
     return routed
 

@@ -2,32 +2,25 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.service import RPCError
+from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
 
 from activities import catalog, ledger
-from activities.db import ProfileRow, engine_for
 from activities.profiles import set_profile
 from parcours import search_attributes as sa
-from parcours.contracts import JourneyPosition
 from parcours.loader import load_paths
 from parcours.records import NewEvent
 from parcours.settings import Settings
-from starter.routing import journey_workflow_id, send_event
-from tests.conftest import EXAMPLES, client_with_plugin
+from starter.routing import send_event
+from tests.conftest import EXAMPLES
 from tests.fakes.sendgrid import FakeSendGrid
-from workflows.journey import JourneyWorkflow
+from tests.journeys import finish, run_worker
 
 
 @pytest.fixture
@@ -36,41 +29,12 @@ def welcome(engine: Engine) -> None:
     set_profile(engine, "ada", email="ada@example.com", attributes={"first_name": "Ada"})
 
 
-async def run_worker(env: WorkflowEnvironment, settings: Settings) -> AsyncIterator[Client]:
-    client = client_with_plugin(env, settings)
-    async with Worker(client, task_queue=settings.task_queue):
-        yield client
-    await end_entries(client, engine_for(settings.database_url))
-
-
-async def end_entries(client: Client, engine: Engine) -> None:
-    """The server outlives the test: end its entries so the next test starts from nothing
-    (a timer firing for a worker that is gone would stall time skipping)."""
-    with Session(engine) as session:
-        profiles = list(session.scalars(select(ProfileRow.id)))
-    for journey in catalog.list_journeys(engine):
-        for profile in profiles:
-            handle = client.get_workflow_handle(journey_workflow_id(journey.journey_id, profile))
-            with contextlib.suppress(RPCError):
-                await handle.terminate("test finished")
-
-
 @pytest.fixture
 async def client(
     time_skipping_env: WorkflowEnvironment, settings: Settings, welcome: None
 ) -> AsyncIterator[Client]:
     async for client in run_worker(time_skipping_env, settings):
         yield client
-
-
-async def finish(env: WorkflowEnvironment, client: Client, workflow_id: str) -> JourneyPosition:
-    """Skip time an hour at a time until the entry closes (activities run in real time)."""
-    handle = client.get_workflow_handle_for(JourneyWorkflow.run, workflow_id)
-    for _ in range(24 * 10):
-        if (await handle.describe()).status != WorkflowExecutionStatus.RUNNING:
-            break
-        await env.sleep(timedelta(hours=1))
-    return await handle.result()
 
 
 async def signed_up(

@@ -88,7 +88,8 @@ id: g
 """,
     )
     assert any(
-        "nodes[0].type: unknown type 'teleport': expected one of wait, message, end" in e
+        "nodes[0].type: unknown type 'teleport': expected one of wait, wait_for_event, condition, split, message, update_profile, end"
+        in e
         for e in errors
     )
     assert any("nodes[1].colour: unknown field" in e for e in errors)

@@ -1,18 +1,24 @@
 """One profile's walk through one journey version, as a durable workflow.
 
 The journey graph is interpreted node by node, one small handler per node type (the shape of
-samples-python's DSL sample): waits are Temporal timers, messages are activities, and the
-version the profile entered with travels in the input, so publishing never changes a running
-entry.
+samples-python's DSL sample): waits are Temporal timers, everything that reads or changes the
+world is an activity, and the version the profile entered with travels in the input, so
+publishing never changes a running entry. Later events of the profile arrive by signal; an
+`exit_when` event ends the entry wherever it is.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from parcours import search_attributes as sa
@@ -21,10 +27,20 @@ with workflow.unsafe.imports_passed_through():
         EventRef,
         JourneyInput,
         JourneyPosition,
+        RulesInput,
         SendMessageInput,
         Step,
+        UpdateProfileInput,
     )
-    from parcours.definitions import EndNode, MessageNode, WaitNode
+    from parcours.definitions import (
+        ConditionNode,
+        EndNode,
+        MessageNode,
+        SplitNode,
+        UpdateProfileNode,
+        WaitForEventNode,
+        WaitNode,
+    )
 
 # Provider outages are retried until they pass: a journey must not lose a message because a
 # provider was down for an hour. Permanent refusals come back as a failed delivery instead.
@@ -32,6 +48,7 @@ SEND_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=5)
 )
 SEND_TIMEOUT = timedelta(seconds=60)
+STEP_TIMEOUT = timedelta(seconds=30)
 # Seen event ids are kept to drop redelivered signals; the bound keeps the state small.
 MAX_SEEN_EVENTS = 100
 
@@ -43,24 +60,44 @@ class JourneyWorkflow:
         self._input = input
         self._node: str | None = None
         self._finished = False
+        self._exit_reason: str | None = None
         self._path: list[Step] = []
-        self._events: list[str] = [input.entry_event.id] if input.entry_event else []
+        self._seen: list[str] = [input.entry_event.id] if input.entry_event else []
+        # Events that arrived since the entry began, for `wait_for_event` to read in order.
+        self._inbox: list[EventRef] = []
         self._visits: dict[str, int] = {}
+        self._exits = {e.event for e in input.journey.exit_when}
         # Set at start by the router; kept in sync only where the profile settles.
         self._indexed_node = input.journey.start
 
     @workflow.run
     async def run(self, input: JourneyInput) -> JourneyPosition:
-        handlers: dict[type, Callable[..., Awaitable[str | None]]] = {
+        handlers: dict[type, Callable[[Any], Awaitable[str | None]]] = {
             WaitNode: self._wait,
+            WaitForEventNode: self._wait_for_event,
+            ConditionNode: self._condition,
+            SplitNode: self._split,
             MessageNode: self._message,
+            UpdateProfileNode: self._update_profile,
             EndNode: self._end,
         }
         node_id: str | None = input.journey.start
         while node_id is not None:
             node = input.journey.node(node_id)
             self._enter(node_id, node.type)
-            node_id = await handlers[type(node)](node)
+            step = asyncio.ensure_future(handlers[type(node)](node))
+            await workflow.wait_condition(
+                lambda step=step: step.done() or self._exit_reason is not None  # type: ignore[misc]
+            )
+            if not step.done():
+                # An exit event: leave now, cancelling the timer or activity under way.
+                step.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ActivityError):
+                    await step
+                self._outcome(f"exited: {self._exit_reason}")
+                self._settle(node_id)
+                break
+            node_id = step.result()
         self._finished = True
         return self.position()
 
@@ -68,9 +105,12 @@ class JourneyWorkflow:
     def event(self, event: EventRef) -> None:
         """A later event of this profile. The entry event comes with the start, and the
         signal that carried it is dropped here."""
-        if event.id in self._events:
+        if event.id in self._seen:
             return
-        self._events = [*self._events, event.id][-MAX_SEEN_EVENTS:]
+        self._seen = [*self._seen, event.id][-MAX_SEEN_EVENTS:]
+        if event.type in self._exits and self._exit_reason is None:
+            self._exit_reason = f"{event.type} ({event.id})"
+        self._inbox.append(event)
 
     @workflow.query
     def position(self) -> JourneyPosition:
@@ -80,8 +120,9 @@ class JourneyWorkflow:
             profile_id=self._input.profile_id,
             node=self._node,
             finished=self._finished,
+            exit_reason=self._exit_reason,
             path=self._path,
-            events=self._events,
+            events=self._seen,
         )
 
     def _enter(self, node_id: str, node_type: str) -> None:
@@ -99,6 +140,10 @@ class JourneyWorkflow:
     def _outcome(self, outcome: str) -> None:
         self._path[-1].outcome = outcome
 
+    @property
+    def _entry_event_id(self) -> str | None:
+        return self._input.entry_event.id if self._input.entry_event else None
+
     async def _wait(self, node: WaitNode) -> str:
         self._settle(node.id)
         until = workflow.now() + node.duration
@@ -108,6 +153,67 @@ class JourneyWorkflow:
         await workflow.sleep(node.duration, summary=node.summary())
         self._outcome("waited")
         return node.next
+
+    async def _wait_for_event(self, node: WaitForEventNode) -> str:
+        self._settle(node.id)
+        deadline = workflow.now() + node.timeout
+        workflow.set_current_details(
+            f"At **{node.id}**: {node.summary()}, until {deadline:%Y-%m-%d %H:%M} UTC"
+        )
+        # Only events after this point count: "the profile's next matching event".
+        cursor = len(self._inbox)
+        while True:
+            remaining = deadline - workflow.now()
+            try:
+                if remaining <= timedelta(0):
+                    raise TimeoutError
+                await workflow.wait_condition(
+                    lambda seen=cursor: len(self._inbox) > seen,  # type: ignore[misc]
+                    timeout=remaining,
+                    timeout_summary=f"{node.event} timeout {node.id}",
+                )
+            except TimeoutError:
+                self._outcome("timed out")
+                return node.on_timeout
+            while cursor < len(self._inbox):
+                event = self._inbox[cursor]
+                cursor += 1
+                if event.type == node.event and (
+                    node.where is None or await self._first_match([node.where], event.id) == 0
+                ):
+                    self._outcome(f"{event.type} ({event.id})")
+                    return node.on_event
+
+    async def _condition(self, node: ConditionNode) -> str:
+        index = await self._first_match([b.when for b in node.branches], self._entry_event_id)
+        self._outcome(f"branch {index}" if index >= 0 else "default")
+        return node.branches[index].next if index >= 0 else node.default
+
+    async def _first_match(self, rules: list[Any], event_id: str | None) -> int:
+        result: int = await workflow.execute_activity(
+            "evaluate_rules",
+            RulesInput(profile_id=self._input.profile_id, rules=rules, event_id=event_id),
+            result_type=int,
+            start_to_close_timeout=STEP_TIMEOUT,
+            summary=f"check {len(rules)} rule{'s' if len(rules) > 1 else ''}",
+        )
+        return result
+
+    async def _split(self, node: SplitNode) -> str:
+        # Stable per profile and journey version: the same profile always gets the same
+        # variant, whatever the replay, and the variants' shares follow their weights.
+        key = f"{self._input.journey.id}:{self._input.version}:{node.id}:{self._input.profile_id}"
+        point = int(hashlib.sha256(key.encode()).hexdigest()[:15], 16) / 16**15
+        total = sum(v.weight for v in node.variants)
+        cumulative = 0.0
+        chosen = node.variants[-1]
+        for variant in node.variants:
+            cumulative += variant.weight / total
+            if point < cumulative:
+                chosen = variant
+                break
+        self._outcome(f"variant {chosen.name}")
+        return chosen.next
 
     async def _message(self, node: MessageNode) -> str:
         workflow.set_current_details(f"At **{node.id}**: {node.summary()}")
@@ -127,7 +233,7 @@ class JourneyWorkflow:
                 node_id=node.id,
                 workflow_id=info.workflow_id,
                 run_id=info.run_id,
-                event_id=self._input.entry_event.id if self._input.entry_event else None,
+                event_id=self._entry_event_id,
                 priority=node.priority,
             ),
             result_type=DeliveryResult,
@@ -136,6 +242,16 @@ class JourneyWorkflow:
             summary=node.summary(),
         )
         self._outcome(result.status + (f": {result.reason}" if result.reason else ""))
+        return node.next
+
+    async def _update_profile(self, node: UpdateProfileNode) -> str:
+        await workflow.execute_activity(
+            "update_profile",
+            UpdateProfileInput(profile_id=self._input.profile_id, set=node.set, unset=node.unset),
+            start_to_close_timeout=STEP_TIMEOUT,
+            summary=node.summary(),
+        )
+        self._outcome("updated")
         return node.next
 
     async def _end(self, node: EndNode) -> None:
