@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from activities.db import JourneyRow, JourneyVersionRow, SegmentRow, TemplateRow
 from parcours.definitions import Journey, MessageNode, Segment, Template
+from parcours.errors import InputError
 from parcours.loader import LoadResult
 from parcours.records import JourneyVersion
 
@@ -204,3 +205,40 @@ def journeys_listening_to(engine: Engine, event_type: str) -> list[str]:
                 Journey.model_validate(row.definition).listens_to()
             )
     return sorted({j for j, v in keys if event_type in _listening[(j, v)]})
+
+
+# What each lifecycle command may move a journey from; publishing again makes it live.
+TRANSITIONS: dict[str, tuple[str, ...]] = {
+    "paused": ("live",),
+    "live": ("paused",),
+    "stopped": ("live", "paused"),
+}
+
+
+def set_status(
+    engine: Engine, journey_id: str, status: Literal["live", "paused", "stopped"]
+) -> str:
+    """Move a journey to `status`; returns the status it had."""
+    with Session(engine) as session, session.begin():
+        row = session.get(JourneyRow, journey_id, with_for_update=True)
+        if row is None:
+            raise InputError("journey", f"no journey {journey_id!r} is published")
+        previous = row.status
+        if previous != status and previous not in TRANSITIONS[status]:
+            verb = {"live": "resumed", "paused": "paused", "stopped": "stopped"}[status]
+            raise InputError(
+                "journey", f"journey {journey_id!r} is {previous} and cannot be {verb}"
+            )
+        row.status = status
+        return previous
+
+
+def current_journey(engine: Engine, journey_id: str) -> tuple[Journey, int, str] | None:
+    """The journey's current version, its number and the journey's status."""
+    with Session(engine) as session:
+        row = session.get(JourneyRow, journey_id)
+        if row is None:
+            return None
+        version = session.get(JourneyVersionRow, (journey_id, row.current_version))
+        assert version is not None
+        return Journey.model_validate(version.definition), row.current_version, row.status

@@ -32,7 +32,14 @@ class JourneyActivities(BoundActivities):
         stored = get_event(self.engine, request.event_id) if request.event_id else None
         event = EventFacts(stored.type, stored.timestamp, stored.properties) if stored else None
         now = utcnow()
-        return next((i for i, rule in enumerate(request.rules) if matches(rule, profile, now, segments, event)), -1)
+        return next(
+            (
+                i
+                for i, rule in enumerate(request.rules)
+                if matches(rule, profile, now, segments, event)
+            ),
+            -1,
+        )
 
     @activity.defn(name="update_profile")
     async def update_profile(self, request: UpdateProfileInput) -> None:

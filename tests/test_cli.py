@@ -33,14 +33,14 @@ def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-unt
 
 
 def test_apply_publishes_the_example_and_then_reports_it_unchanged(run) -> None:  # type: ignore[no-untyped-def]
-    code, out, _ = run("apply", str(EXAMPLES))
+    code, out, _ = run("apply", str(EXAMPLES / "welcome"))
     assert code == 0
     assert out.splitlines() == [
         "template welcome-email: created",
         "template tips-email: created",
         "journey welcome: published version 1 (live)",
     ]
-    code, out, _ = run("apply", str(EXAMPLES), "--json")
+    code, out, _ = run("apply", str(EXAMPLES / "welcome"), "--json")
     assert code == 0
     assert json.loads(out)[-1] == {
         "kind": "journey",

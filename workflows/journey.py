@@ -112,6 +112,12 @@ class JourneyWorkflow:
             self._exit_reason = f"{event.type} ({event.id})"
         self._inbox.append(event)
 
+    @workflow.signal
+    def stop(self, reason: str) -> None:
+        """The journey was stopped: leave wherever the profile is."""
+        if self._exit_reason is None:
+            self._exit_reason = reason
+
     @workflow.query
     def position(self) -> JourneyPosition:
         return JourneyPosition(

@@ -1,0 +1,130 @@
+"""`parcours journeys pause|resume|stop|show`."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Literal
+
+import typer
+from rich.table import Table
+
+from starter.cli import (
+    CommandError,
+    JsonFlag,
+    connect,
+    engine,
+    friendly,
+    journeys_app,
+    out,
+    print_json,
+    settings,
+)
+
+JourneyId = Annotated[str, typer.Argument(metavar="ID")]
+
+
+def _change(
+    ctx: typer.Context, journey_id: str, status: Literal["live", "paused", "stopped"], as_json: bool
+) -> None:
+    from starter.lifecycle import set_status
+
+    config = settings(ctx)
+
+    async def run() -> int:
+        return await set_status(await connect(config), engine(ctx), journey_id, status)
+
+    stopped = asyncio.run(run()) if status == "stopped" else _offline(ctx, journey_id, status)
+    if as_json:
+        print_json({"id": journey_id, "status": status, "entries_stopped": stopped})
+        return
+    message = {
+        "live": "resumed: new entries are accepted",
+        "paused": "paused: no new entries, those inside go on",
+    }
+    text = (
+        message.get(status)
+        or f"stopped: {stopped} entr{'y' if stopped == 1 else 'ies'} told to leave"
+    )
+    out.print(f"journey {journey_id} {text}", highlight=False)
+
+
+def _offline(
+    ctx: typer.Context, journey_id: str, status: Literal["live", "paused", "stopped"]
+) -> int:
+    # Pausing and resuming only change what the router does: no need to reach Temporal.
+    from activities.catalog import set_status
+
+    set_status(engine(ctx), journey_id, status)
+    return 0
+
+
+@journeys_app.command("pause")
+@friendly
+def journeys_pause(ctx: typer.Context, journey_id: JourneyId, as_json: JsonFlag = False) -> None:
+    """Stop new entries; profiles inside go on."""
+    _change(ctx, journey_id, "paused", as_json)
+
+
+@journeys_app.command("resume")
+@friendly
+def journeys_resume(ctx: typer.Context, journey_id: JourneyId, as_json: JsonFlag = False) -> None:
+    """Accept new entries again."""
+    _change(ctx, journey_id, "live", as_json)
+
+
+@journeys_app.command("stop")
+@friendly
+def journeys_stop(ctx: typer.Context, journey_id: JourneyId, as_json: JsonFlag = False) -> None:
+    """Stop the journey: every profile inside leaves at once."""
+    _change(ctx, journey_id, "stopped", as_json)
+
+
+@journeys_app.command("show")
+@friendly
+def journeys_show(ctx: typer.Context, journey_id: JourneyId, as_json: JsonFlag = False) -> None:
+    """The journey's nodes, status, and how many profiles are at each node now."""
+    from activities.catalog import current_journey
+    from starter.lifecycle import where_profiles_are
+
+    found = current_journey(engine(ctx), journey_id)
+    if found is None:
+        raise CommandError(f"no journey {journey_id!r} is published")
+    journey, version, status = found
+    config = settings(ctx)
+
+    async def counts() -> dict[str, int]:
+        return dict(await where_profiles_are(await connect(config), journey_id))
+
+    here = asyncio.run(counts())
+    if as_json:
+        print_json(
+            {
+                "id": journey_id,
+                "version": version,
+                "status": status,
+                "nodes": [
+                    {
+                        "id": n.id,
+                        "type": n.type,
+                        "next": [t for _, t in n.edges()],
+                        "now": here.get(n.id, 0),
+                    }
+                    for n in journey.nodes
+                ],
+            }
+        )
+        return
+    out.print(
+        f"journey {journey_id} v{version} ({status}), entry on {journey.entry.event}",
+        highlight=False,
+    )
+    table = Table("node", "type", "does", "next", "here now")
+    for node in journey.nodes:
+        table.add_row(
+            node.id,
+            node.type,
+            node.summary(),
+            ", ".join(t for _, t in node.edges()),
+            str(here.get(node.id, 0)),
+        )
+    out.print(table)

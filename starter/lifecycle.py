@@ -1,0 +1,54 @@
+"""Journey lifecycle from outside: pause, resume, stop, and where profiles are now."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Literal
+
+from sqlalchemy.engine import Engine
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities import catalog
+from parcours import search_attributes as sa
+
+# Signals in flight at once when a stop reaches every entry: enough to be quick, few enough
+# not to flood the frontend.
+STOP_CONCURRENCY = 20
+
+
+def running_query(journey_id: str) -> str:
+    # Journey ids are validated identifiers (letters, digits, '-', '_', '.'): safe to quote.
+    return f'ParcoursJourney = "{journey_id}" AND ExecutionStatus = "Running"'
+
+
+async def set_status(
+    client: Client, engine: Engine, journey_id: str, status: Literal["live", "paused", "stopped"]
+) -> int:
+    """Change the status; a stop also makes every entry inside leave. Returns entries stopped."""
+    catalog.set_status(engine, journey_id, status)
+    if status != "stopped":
+        return 0
+    ids = [w.id async for w in client.list_workflows(running_query(journey_id))]
+    gate = asyncio.Semaphore(STOP_CONCURRENCY)
+
+    async def stop(workflow_id: str) -> bool:
+        async with gate:
+            try:
+                await client.get_workflow_handle(workflow_id).signal("stop", "journey stopped")
+            except RPCError as exc:
+                if exc.status == RPCStatusCode.NOT_FOUND:  # it finished meanwhile
+                    return False
+                raise
+            return True
+
+    return sum(await asyncio.gather(*(stop(w) for w in ids)))
+
+
+async def where_profiles_are(client: Client, journey_id: str) -> Counter[str]:
+    """How many running entries are at each node, from the visibility store."""
+    counts: Counter[str] = Counter()
+    async for execution in client.list_workflows(running_query(journey_id)):
+        counts[execution.typed_search_attributes.get(sa.NODE) or "?"] += 1
+    return counts
