@@ -6,10 +6,11 @@ A template that does not render fails its delivery with the reason; it never fai
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateError
+from jinja2 import Template as JinjaTemplate
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from parcours.definitions import Template
@@ -33,12 +34,18 @@ def _environment(autoescape: bool) -> ImmutableSandboxedEnvironment:
     return ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=autoescape)
 
 
+@lru_cache(maxsize=1024)
+def _compiled(source: str, autoescape: bool) -> JinjaTemplate:
+    # Compiling is most of a render's cost, and templates are immutable once published.
+    return _environment(autoescape).from_string(source)
+
+
 def render(template: Template, context: dict[str, Any]) -> Rendered:
     def one(part: str, source: str | None, autoescape: bool = False) -> str | None:
         if source is None:
             return None
         try:
-            return _environment(autoescape).from_string(source).render(context)
+            return _compiled(source, autoescape).render(context)
         except TemplateError as exc:
             raise RenderError(f"template {template.id!r} {part}: {exc}") from exc
 

@@ -6,11 +6,13 @@ entry or signals the one already running: the same profile never has two live en
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities import catalog
@@ -18,6 +20,7 @@ from activities.events import record_event
 from activities.segments import Transition, refresh_profile
 from parcours import search_attributes as sa
 from parcours.contracts import EventRef, JourneyInput
+from parcours.definitions import Journey
 from parcours.errors import InputError
 from parcours.records import Event, NewEvent
 from parcours.settings import Settings
@@ -41,49 +44,19 @@ async def send_event(
 ) -> Routed:
     """Record the event and route it to every live journey it enters, or only to `journey_id`,
     which must then exist and enter on this event (checked before anything is recorded)."""
-    only = journey_id
-    journeys = catalog.live_journeys_for_event(engine, new.type)
-    if journey_id is not None:
-        journeys = [(j, v) for j, v in journeys if j.id == journey_id]
-        if not journeys:
-            raise InputError("journey", _not_enterable(engine, journey_id, new.type))
-    event, duplicate = record_event(engine, new)
-    routed = Routed(event, duplicate)
-    if duplicate:
+    # The store blocks: keep it off the event loop that also serves Temporal calls.
+    routed, entering, listening = await asyncio.to_thread(_record, engine, new, journey_id)
+    if routed.duplicate:
         return routed
-    routed.segments = refresh_profile(engine, event.profile_id, event_type=event.type)
+    event = routed.event
     ref = EventRef(id=event.id, type=event.type, timestamp=event.timestamp)
-    for journey, version in journeys:
-        workflow_id = journey_workflow_id(journey.id, event.profile_id)
-        await client.start_workflow(
-            JourneyWorkflow.run,
-            JourneyInput(
-                journey=journey, version=version, profile_id=event.profile_id, entry_event=ref
-            ),
-            id=workflow_id,
-            task_queue=settings.task_queue,
-            # After an entry ends, the next matching event may start a new one (re_entry:
-            # after_exit); while it runs, the event is only signalled to it.
-            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-            start_signal="event",
-            start_signal_args=[ref],
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(sa.JOURNEY, journey.id),
-                    SearchAttributePair(sa.PROFILE, event.profile_id),
-                    SearchAttributePair(sa.JOURNEY_VERSION, version),
-                    SearchAttributePair(sa.NODE, journey.start),
-                ]
-            ),
-            static_summary=f"{journey.name or journey.id} (v{version}) for {event.profile_id}",
+    for journey, version in entering:
+        routed.journeys.append(
+            await _enter_or_feed(client, settings, journey, version, ref, event.profile_id)
         )
-        routed.journeys.append(workflow_id)
     # Entries already running that wait for this event, or leave on it.
-    started = {journey.id for journey, _ in journeys}
-    for journey_id in catalog.journeys_listening_to(engine, event.type):
-        if journey_id in started or (only is not None and journey_id != only):
-            continue
-        workflow_id = journey_workflow_id(journey_id, event.profile_id)
+    for listener in listening:
+        workflow_id = journey_workflow_id(listener, event.profile_id)
         try:
             await client.get_workflow_handle(workflow_id).signal("event", ref)
         except RPCError as exc:
@@ -92,6 +65,77 @@ async def send_event(
             continue
         routed.journeys.append(workflow_id)
     return routed
+
+
+def _record(
+    engine: Engine, new: NewEvent, only: str | None
+) -> tuple[Routed, list[tuple[Journey, int]], list[str]]:
+    entering = catalog.live_journeys_for_event(engine, new.type)
+    if only is not None:
+        entering = [(j, v) for j, v in entering if j.id == only]
+        if not entering:
+            raise InputError("journey", _not_enterable(engine, only, new.type))
+    event, duplicate = record_event(engine, new)
+    routed = Routed(event, duplicate)
+    if duplicate:
+        return routed, [], []
+    routed.segments = refresh_profile(engine, event.profile_id, event_type=event.type)
+    started = {journey.id for journey, _ in entering}
+    listening = [
+        j
+        for j in catalog.journeys_listening_to(engine, event.type)
+        if j not in started and (only is None or j == only)
+    ]
+    return routed, entering, listening
+
+
+async def _enter_or_feed(
+    client: Client,
+    settings: Settings,
+    journey: Journey,
+    version: int,
+    ref: EventRef,
+    profile_id: str,
+) -> str:
+    """Start the profile's entry, or hand the event to the one already running.
+
+    A plain start first, and a signal only when an entry runs: a new entry then costs one
+    Temporal action, where signal-with-start would cost two.
+    """
+    workflow_id = journey_workflow_id(journey.id, profile_id)
+    for _ in range(3):
+        try:
+            await client.start_workflow(
+                JourneyWorkflow.run,
+                JourneyInput(
+                    journey=journey, version=version, profile_id=profile_id, entry_event=ref
+                ),
+                id=workflow_id,
+                task_queue=settings.task_queue,
+                # After an entry ends, the next matching event may start a new one (re_entry:
+                # after_exit); while it runs, the event is only signalled to it.
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+                search_attributes=TypedSearchAttributes(
+                    [
+                        SearchAttributePair(sa.JOURNEY, journey.id),
+                        SearchAttributePair(sa.PROFILE, profile_id),
+                        SearchAttributePair(sa.JOURNEY_VERSION, version),
+                        SearchAttributePair(sa.NODE, journey.start),
+                    ]
+                ),
+                static_summary=f"{journey.name or journey.id} (v{version}) for {profile_id}",
+            )
+            return workflow_id
+        except WorkflowAlreadyStartedError:
+            pass
+        try:
+            await client.get_workflow_handle(workflow_id).signal("event", ref)
+            return workflow_id
+        except RPCError as exc:
+            # The entry ended between the two calls: start a new one.
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
+    raise RuntimeError(f"{workflow_id}: could not start or signal the entry")
 
 
 def _not_enterable(engine: Engine, journey_id: str, event_type: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -27,7 +28,9 @@ async def run_worker(env: WorkflowEnvironment, settings: Settings) -> AsyncItera
     client = client_with_plugin(env, settings)
     async with Worker(client, task_queue=settings.task_queue):
         yield client
-    await end_entries(client, engine_for(settings.database_url))
+        # While the worker still runs, so no activity is left half-done: the test server
+        # would hold time still for it, stalling the next test.
+        await end_entries(client, engine_for(settings.database_url))
 
 
 async def end_entries(client: Client, engine: Engine) -> None:
@@ -39,6 +42,13 @@ async def end_entries(client: Client, engine: Engine) -> None:
         for profile in profiles:
             handle = client.get_workflow_handle(journey_workflow_id(journey.journey_id, profile))
             with contextlib.suppress(RPCError):
+                # Let a task under way finish first: the test server keeps time still for a
+                # task whose workflow was terminated under it.
+                for _ in range(50):
+                    raw = (await handle.describe()).raw_description
+                    if not raw.pending_activities and not raw.HasField("pending_workflow_task"):
+                        break
+                    await asyncio.sleep(0.1)
                 await handle.terminate("test finished")
 
 
