@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, time
+from zoneinfo import ZoneInfo
 
 from sqlalchemy.orm import Session
 from temporalio import activity
@@ -13,8 +15,9 @@ from activities.catalog import known_segments
 from activities.db import ProfileRow, utcnow
 from activities.events import get_event
 from activities.segments import dependencies, facts, refresh_profile
-from parcours.contracts import RulesInput, UpdateProfileInput
-from parcours.evaluate import EventFacts, ProfileFacts, matches
+from parcours.contracts import RulesInput, UpdateProfileInput, WaitUntilInput
+from parcours.evaluate import EventFacts, ProfileFacts, epoch, matches
+from parcours.timing import next_local_time
 
 
 class JourneyActivities(BoundActivities):
@@ -57,3 +60,26 @@ class JourneyActivities(BoundActivities):
             row.attributes = attributes
         # Setting the same values again is harmless, so a retried activity is too.
         refresh_profile(self.engine, request.profile_id, profile_changed=True)
+
+    @activity.defn(name="resolve_wait")
+    async def resolve_wait(self, request: WaitUntilInput) -> datetime | None:
+        """When the wait ends, in UTC; None when there is nothing to wait for (no such
+        attribute, or not a datetime)."""
+        return await asyncio.to_thread(self._resolve, request)
+
+    def _resolve(self, request: WaitUntilInput) -> datetime | None:
+        with Session(self.engine) as session:
+            profile = session.get(ProfileRow, request.profile_id)
+            attributes = dict(profile.attributes) if profile else {}
+            zone_name = profile.timezone if profile else None
+        if request.until is not None:
+            until = request.until
+            name = (
+                until.timezone
+                if until.timezone != "profile"
+                else (zone_name or until.fallback_timezone)
+            )
+            hour, minute = map(int, until.time.split(":"))
+            return next_local_time(request.now, time(hour, minute), ZoneInfo(name))
+        seconds = epoch(attributes.get(request.attribute or ""))
+        return datetime.fromtimestamp(seconds, UTC) if seconds is not None else None

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from parcours.definitions import Channel, Journey
+from parcours.definitions import Channel, Journey, Until
 from parcours.rules import Rule
 
 DeliveryStatus = Literal[
@@ -92,3 +92,12 @@ class UpdateProfileInput(BaseModel):
     profile_id: str
     set: dict[str, Any] = Field(default_factory=dict)
     unset: list[str] = Field(default_factory=list)
+
+
+class WaitUntilInput(BaseModel):
+    """Resolve a wait's end for one profile; exactly one of `until` or `attribute`."""
+
+    profile_id: str
+    now: datetime
+    until: Until | None = None
+    attribute: str | None = None

@@ -7,6 +7,7 @@ the store keeps them as JSON, and workflows receive them as their input.
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -49,14 +50,57 @@ class EventEntry(_Strict):
     event: Annotated[str, Field(min_length=1)]
 
 
+class Until(_Strict):
+    time: Annotated[
+        str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="HH:MM, 24-hour clock")
+    ]
+    timezone: str = "profile"  # `profile`: the profile's own zone
+    # For profiles without a zone of their own.
+    fallback_timezone: str = "UTC"
+
+    @model_validator(mode="after")
+    def _zones_exist(self) -> Until:
+        for field, zone in (
+            ("timezone", self.timezone),
+            ("fallback_timezone", self.fallback_timezone),
+        ):
+            if zone == "profile" and field == "timezone":
+                continue
+            try:
+                ZoneInfo(zone)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(
+                    f"`{field}`: {zone!r} is not an IANA time zone (e.g. Europe/Paris)"
+                ) from None
+        return self
+
+
 class WaitNode(_Strict):
     id: Identifier
     type: Literal["wait"]
-    duration: Duration
+    duration: Duration | None = None
+    until: Until | None = None
+    until_attribute: Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")] | None = (
+        None
+    )
     next: Identifier
 
+    @model_validator(mode="after")
+    def _one_kind_of_wait(self) -> WaitNode:
+        given = [
+            f for f in ("duration", "until", "until_attribute") if getattr(self, f) is not None
+        ]
+        if len(given) != 1:
+            raise ValueError("a wait takes exactly one of `duration`, `until` or `until_attribute`")
+        return self
+
     def summary(self) -> str:
-        return f"wait {format_duration(self.duration)}"
+        if self.duration is not None:
+            return f"wait {format_duration(self.duration)}"
+        if self.until is not None:
+            zone = "local" if self.until.timezone == "profile" else self.until.timezone
+            return f"wait until {self.until.time} {zone}"
+        return f"wait until {self.until_attribute}"
 
     def edges(self) -> list[tuple[str, str]]:
         return [("next", self.next)]

@@ -250,6 +250,9 @@ def _parse_path(path: str) -> list[int | str]:
     ]
 
 
+_PATTERN_HINTS = {"time": "HH:MM on a 24-hour clock, e.g. 09:00"}
+
+
 def _message(error: ErrorDetails) -> str:
     kind = error["type"]
     ctx: dict[str, Any] = dict(error.get("ctx") or {})
@@ -265,7 +268,9 @@ def _message(error: ErrorDetails) -> str:
             return f"`{field}` is missing: expected one of {', '.join(expected)}"
         return f"unknown {field} {ctx.get('tag')!r}: expected one of {', '.join(expected)}"
     if kind == "string_pattern_mismatch":
-        return f"{error['input']!r} is not a valid id: expected letters, digits, '-', '_' or '.'"
+        field = next((str(p) for p in reversed(error["loc"]) if isinstance(p, str)), "")
+        expected = _PATTERN_HINTS.get(field, "letters, digits, '-', '_' or '.'")
+        return f"{error['input']!r} is not a valid {field or 'value'}: expected {expected}"
     if kind == "literal_error":
         return f"got {error['input']!r}, expected {ctx.get('expected')}"
     message = error["msg"]

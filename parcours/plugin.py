@@ -38,5 +38,6 @@ class ParcoursPlugin(SimplePlugin):
                 segments.recheck_segments,
                 steps.evaluate_rules,
                 steps.update_profile,
+                steps.resolve_wait,
             ],
         )

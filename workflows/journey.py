@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
@@ -31,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
         SendMessageInput,
         Step,
         UpdateProfileInput,
+        WaitUntilInput,
     )
     from parcours.definitions import (
         ConditionNode,
@@ -152,11 +153,29 @@ class JourneyWorkflow:
 
     async def _wait(self, node: WaitNode) -> str:
         self._settle(node.id)
-        until = workflow.now() + node.duration
+        if node.duration is not None:
+            until: datetime | None = workflow.now() + node.duration
+        else:
+            # The profile's zone or date attribute is read now; the answer is in the history.
+            until = await workflow.execute_activity(
+                "resolve_wait",
+                WaitUntilInput(
+                    profile_id=self._input.profile_id,
+                    now=workflow.now(),
+                    until=node.until,
+                    attribute=node.until_attribute,
+                ),
+                result_type=datetime | None,  # type: ignore[arg-type]
+                start_to_close_timeout=STEP_TIMEOUT,
+                summary=f"when: {node.summary()}",
+            )
+        if until is None or until <= workflow.now():
+            self._outcome("nothing to wait for")
+            return node.next
         workflow.set_current_details(
             f"At **{node.id}**: {node.summary()}, until {until:%Y-%m-%d %H:%M} UTC"
         )
-        await workflow.sleep(node.duration, summary=node.summary())
+        await workflow.sleep(until - workflow.now(), summary=node.summary())
         self._outcome("waited")
         return node.next
 
