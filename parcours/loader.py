@@ -269,8 +269,8 @@ def _message(error: ErrorDetails) -> str:
         return f"unknown {field} {ctx.get('tag')!r}: expected one of {', '.join(expected)}"
     if kind == "string_pattern_mismatch":
         field = next((str(p) for p in reversed(error["loc"]) if isinstance(p, str)), "")
-        expected = _PATTERN_HINTS.get(field, "letters, digits, '-', '_' or '.'")
-        return f"{error['input']!r} is not a valid {field or 'value'}: expected {expected}"
+        hint = _PATTERN_HINTS.get(field, "letters, digits, '-', '_' or '.'")
+        return f"{error['input']!r} is not a valid {field or 'value'}: expected {hint}"
     if kind == "literal_error":
         return f"got {error['input']!r}, expected {ctx.get('expected')}"
     message = error["msg"]
