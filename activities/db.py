@@ -135,6 +135,17 @@ class JourneyVersionRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class JourneyEntryRow(Base):
+    """Who entered which journey, across all its versions: what re-entry rules read."""
+
+    __tablename__ = "journey_entries"
+    journey_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    profile_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    first_entered_at: Mapped[datetime]
+    last_entered_at: Mapped[datetime]
+    entries: Mapped[int] = mapped_column(default=1)
+
+
 class DeliveryRow(Base):
     __tablename__ = "deliveries"
     id: Mapped[str] = mapped_column(String(36), primary_key=True)

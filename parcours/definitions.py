@@ -226,11 +226,17 @@ class ExitWhen(_Strict):
     event: Annotated[str, Field(min_length=1)]
 
 
+class Cooldown(_Strict):
+    # Measured from the previous entry's start: at most one entry per `cooldown`.
+    cooldown: Duration
+
+
 class Journey(_Strict):
     kind: Literal["journey"] = "journey"
     id: Identifier
     name: str | None = None
     entry: EventEntry
+    re_entry: Literal["never", "after_exit"] | Cooldown = "after_exit"
     exit_when: list[ExitWhen] = Field(default_factory=list)
     start: Identifier
     nodes: Annotated[list[Node], Field(min_length=1)]

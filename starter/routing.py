@@ -16,6 +16,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities import catalog
+from activities.entries import may_enter, record_entry
 from activities.events import record_event
 from activities.segments import Transition, refresh_profile
 from parcours import search_attributes as sa
@@ -45,15 +46,19 @@ async def send_event(
     """Record the event and route it to every live journey it enters, or only to `journey_id`,
     which must then exist and enter on this event (checked before anything is recorded)."""
     # The store blocks: keep it off the event loop that also serves Temporal calls.
-    routed, entering, listening = await asyncio.to_thread(_record, engine, new, journey_id)
+    routed, entering, listening, allowed = await asyncio.to_thread(_record, engine, new, journey_id)
     if routed.duplicate:
         return routed
     event = routed.event
     ref = EventRef(id=event.id, type=event.type, timestamp=event.timestamp)
     for journey, version in entering:
-        routed.journeys.append(
-            await _enter_or_feed(client, settings, journey, version, ref, event.profile_id)
+        workflow_id, started = await _enter_or_feed(
+            client, settings, journey, version, ref, event.profile_id, journey.id in allowed
         )
+        if workflow_id:
+            routed.journeys.append(workflow_id)
+        if started:
+            await asyncio.to_thread(record_entry, engine, journey.id, event.profile_id)
     # Entries already running that wait for this event, or leave on it.
     for listener in listening:
         workflow_id = journey_workflow_id(listener, event.profile_id)
@@ -78,7 +83,7 @@ def _record(
     event, duplicate = record_event(engine, new)
     routed = Routed(event, duplicate)
     if duplicate:
-        return routed, [], []
+        return routed, [], [], set()
     routed.segments = refresh_profile(engine, event.profile_id, event_type=event.type)
     started = {journey.id for journey, _ in entering}
     listening = [
@@ -86,7 +91,8 @@ def _record(
         for j in catalog.journeys_listening_to(engine, event.type)
         if j not in started and (only is None or j == only)
     ]
-    return routed, entering, listening
+    allowed = may_enter(engine, [journey for journey, _ in entering], event.profile_id)
+    return routed, entering, listening, allowed
 
 
 async def _enter_or_feed(
@@ -96,14 +102,25 @@ async def _enter_or_feed(
     version: int,
     ref: EventRef,
     profile_id: str,
-) -> str:
-    """Start the profile's entry, or hand the event to the one already running.
+    may_start: bool,
+) -> tuple[str | None, bool]:
+    """Start the profile's entry, or hand the event to the one already running; returns the
+    workflow id reached (None when none) and whether a new entry started.
 
     A plain start first, and a signal only when an entry runs: a new entry then costs one
-    Temporal action, where signal-with-start would cost two.
+    Temporal action, where signal-with-start would cost two. When the re-entry rule forbids a
+    new entry, a running one still hears the event.
     """
     workflow_id = journey_workflow_id(journey.id, profile_id)
     for _ in range(3):
+        if not may_start:
+            try:
+                await client.get_workflow_handle(workflow_id).signal("event", ref)
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.NOT_FOUND:
+                    raise
+                return None, False
+            return workflow_id, False
         try:
             await client.start_workflow(
                 JourneyWorkflow.run,
@@ -125,12 +142,12 @@ async def _enter_or_feed(
                 ),
                 static_summary=f"{journey.name or journey.id} (v{version}) for {profile_id}",
             )
-            return workflow_id
+            return workflow_id, True
         except WorkflowAlreadyStartedError:
             pass
         try:
             await client.get_workflow_handle(workflow_id).signal("event", ref)
-            return workflow_id
+            return workflow_id, False
         except RPCError as exc:
             # The entry ended between the two calls: start a new one.
             if exc.status != RPCStatusCode.NOT_FOUND:

@@ -1,0 +1,30 @@
+"""journey entries, for re-entry rules
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-11-28
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0004"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "journey_entries",
+        sa.Column("journey_id", sa.String(length=128), nullable=False),
+        sa.Column("profile_id", sa.String(length=255), nullable=False),
+        sa.Column("first_entered_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("last_entered_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("entries", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("journey_id", "profile_id"),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("journey_entries")
