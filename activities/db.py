@@ -143,7 +143,21 @@ class JourneyEntryRow(Base):
     profile_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     first_entered_at: Mapped[datetime]
     last_entered_at: Mapped[datetime]
+    last_version: Mapped[int]
     entries: Mapped[int] = mapped_column(default=1)
+
+
+class ConversionRow(Base):
+    """A journey goal reached: at most one per entry, attributed to its version and variants."""
+
+    __tablename__ = "conversions"
+    journey_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    profile_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    entered_at: Mapped[datetime] = mapped_column(primary_key=True)
+    version: Mapped[int]
+    variants: Mapped[dict[str, Any]]  # split node id -> variant name
+    event_id: Mapped[str] = mapped_column(String(255))
+    converted_at: Mapped[datetime]
 
 
 class DeliveryRow(Base):

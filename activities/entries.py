@@ -35,13 +35,17 @@ def may_enter(
     for journey in journeys:
         row = previous.get(journey.id)
         rule = journey.re_entry
-        if row is None or rule == "after_exit" or (isinstance(rule, Cooldown) and row.last_entered_at + rule.cooldown <= now):
+        if (
+            row is None
+            or rule == "after_exit"
+            or (isinstance(rule, Cooldown) and row.last_entered_at + rule.cooldown <= now)
+        ):
             allowed.add(journey.id)
     return allowed
 
 
 def record_entry(
-    engine: Engine, journey_id: str, profile_id: str, now: datetime | None = None
+    engine: Engine, journey_id: str, version: int, profile_id: str, now: datetime | None = None
 ) -> None:
     now = now or utcnow()
     try:
@@ -54,10 +58,12 @@ def record_entry(
                         profile_id=profile_id,
                         first_entered_at=now,
                         last_entered_at=now,
+                        last_version=version,
                     )
                 )
             else:
-                row.last_entered_at, row.entries = now, row.entries + 1
+                row.last_entered_at, row.last_version = now, version
+                row.entries += 1
     except IntegrityError:
         # A concurrent first entry inserted the row: count this one on it.
-        record_entry(engine, journey_id, profile_id, now)
+        record_entry(engine, journey_id, version, profile_id, now)

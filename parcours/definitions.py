@@ -6,6 +6,7 @@ the store keeps them as JSON, and workflows receive them as their input.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -153,6 +154,19 @@ class SplitNode(_Strict):
     type: Literal["split"]
     variants: Annotated[list[Variant], Field(min_length=2)]
 
+    def choose(self, journey_id: str, version: int, profile_id: str) -> Variant:
+        """Stable per profile and journey version, shares following the weights: the same
+        answer in the workflow, on replay, and in reports that attribute conversions."""
+        key = f"{journey_id}:{version}:{self.id}:{profile_id}"
+        point = int(hashlib.sha256(key.encode()).hexdigest()[:15], 16) / 16**15
+        total = sum(v.weight for v in self.variants)
+        cumulative = 0.0
+        for variant in self.variants:
+            cumulative += variant.weight / total
+            if point < cumulative:
+                return variant
+        return self.variants[-1]
+
     def summary(self) -> str:
         return f"split {self.id}"
 
@@ -226,6 +240,13 @@ class ExitWhen(_Strict):
     event: Annotated[str, Field(min_length=1)]
 
 
+class Goal(_Strict):
+    """A conversion: the event happening within `within` of the entry's start."""
+
+    event: Annotated[str, Field(min_length=1)]
+    within: Duration
+
+
 class Cooldown(_Strict):
     # Measured from the previous entry's start: at most one entry per `cooldown`.
     cooldown: Duration
@@ -238,6 +259,7 @@ class Journey(_Strict):
     entry: EventEntry
     re_entry: Literal["never", "after_exit"] | Cooldown = "after_exit"
     exit_when: list[ExitWhen] = Field(default_factory=list)
+    goal: Goal | None = None
     start: Identifier
     nodes: Annotated[list[Node], Field(min_length=1)]
 

@@ -84,6 +84,7 @@ def journeys_stop(ctx: typer.Context, journey_id: JourneyId, as_json: JsonFlag =
 def journeys_show(ctx: typer.Context, journey_id: JourneyId, as_json: JsonFlag = False) -> None:
     """The journey's nodes, status, and how many profiles are at each node now."""
     from activities.catalog import current_journey
+    from activities.goals import conversion_counts
     from starter.lifecycle import where_profiles_are
 
     found = current_journey(engine(ctx), journey_id)
@@ -96,12 +97,14 @@ def journeys_show(ctx: typer.Context, journey_id: JourneyId, as_json: JsonFlag =
         return dict(await where_profiles_are(await connect(config), journey_id))
 
     here = asyncio.run(counts())
+    conversions = conversion_counts(engine(ctx), journey_id)
     if as_json:
         print_json(
             {
                 "id": journey_id,
                 "version": version,
                 "status": status,
+                "conversions": {str(v): c for v, c in conversions.items()},
                 "nodes": [
                     {
                         "id": n.id,
@@ -128,3 +131,15 @@ def journeys_show(ctx: typer.Context, journey_id: JourneyId, as_json: JsonFlag =
             str(here.get(node.id, 0)),
         )
     out.print(table)
+    if journey.goal is not None:
+        out.print(f"goal: {journey.goal.event} within {journey.goal.within}", highlight=False)
+        for version, report in conversions.items():
+            splits = "; ".join(
+                f"{node}: " + ", ".join(f"{name} {count}" for name, count in sorted(counts.items()))
+                for node, counts in report["variants"].items()
+            )
+            out.print(
+                f"  v{version}: {report['conversions']} conversions"
+                + (f" ({splits})" if splits else ""),
+                highlight=False,
+            )

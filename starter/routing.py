@@ -18,6 +18,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities import catalog
 from activities.entries import may_enter, record_entry
 from activities.events import record_event
+from activities.goals import record_conversions
 from activities.segments import Transition, refresh_profile
 from parcours import search_attributes as sa
 from parcours.contracts import EventRef, JourneyInput
@@ -38,6 +39,7 @@ class Routed:
     duplicate: bool
     journeys: list[str] = field(default_factory=list)  # workflow ids started or signalled
     segments: list[Transition] = field(default_factory=list)  # memberships this event changed
+    conversions: list[str] = field(default_factory=list)  # journeys whose goal it reached
 
 
 async def send_event(
@@ -58,7 +60,7 @@ async def send_event(
         if workflow_id:
             routed.journeys.append(workflow_id)
         if started:
-            await asyncio.to_thread(record_entry, engine, journey.id, event.profile_id)
+            await asyncio.to_thread(record_entry, engine, journey.id, version, event.profile_id)
     # Entries already running that wait for this event, or leave on it.
     for listener in listening:
         workflow_id = journey_workflow_id(listener, event.profile_id)
@@ -85,6 +87,7 @@ def _record(
     if duplicate:
         return routed, [], [], set()
     routed.segments = refresh_profile(engine, event.profile_id, event_type=event.type)
+    routed.conversions = record_conversions(engine, event)
     started = {journey.id for journey, _ in entering}
     listening = [
         j

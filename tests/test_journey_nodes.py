@@ -13,6 +13,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities import ledger
 from activities.apply import apply_paths
+from activities.goals import conversion_counts
 from activities.profiles import get_profile, set_profile
 from activities.segments import profile_segments
 from parcours.contracts import JourneyPosition
@@ -132,6 +133,7 @@ async def test_an_exit_event_ends_the_entry_wherever_it_is(
     assert position.exit_reason is not None and position.exit_reason.startswith("order_completed")
     assert route(position) == [("wait-1h", f"exited: {position.exit_reason}")]
     assert ledger.list_deliveries(engine, "ex") == []
+    assert conversion_counts(engine, "abandoned-cart") == {1: {"conversions": 1, "variants": {}}}
     # An event for a journey the profile is not inside reaches nobody.
     assert await event(client, engine, settings, "order_completed", "nobody") == []
 
@@ -148,6 +150,7 @@ async def test_a_split_is_stable_per_profile_and_recorded(
 kind: journey
 id: ab
 entry: {event: joined}
+goal: {event: bought, within: 1d}
 start: s
 nodes:
   - id: s
@@ -168,4 +171,15 @@ nodes:
             else:
                 assert chosen[f"u{i}"] == outcome, "the same variant on every entry"
     assert set(chosen.values()) == {"variant a", "variant b"}
+    for i in range(12):
+        routed = await send_event(
+            client, engine, settings, NewEvent(type="bought", profile_id=f"u{i}")
+        )
+        assert routed.conversions == ["ab"]
+    again = await send_event(client, engine, settings, NewEvent(type="bought", profile_id="u0"))
+    assert again.conversions == [], "an entry converts once"
+    by_variant = conversion_counts(engine, "ab")[1]["variants"]["s"]
+    assert by_variant == {
+        v.removeprefix("variant "): list(chosen.values()).count(v) for v in set(chosen.values())
+    }
     assert profile_segments(engine, "u0") == []

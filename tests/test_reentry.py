@@ -84,6 +84,6 @@ def test_a_cooldown_counts_from_the_last_entry(engine: Engine, tmp_path: Path) -
     journey = found[0]
     start = datetime(2027, 1, 1, tzinfo=UTC)
     assert may_enter(engine, [journey], "bo", now=start) == {"weekly"}
-    record_entry(engine, "weekly", "bo", now=start)
+    record_entry(engine, "weekly", 1, "bo", now=start)
     assert may_enter(engine, [journey], "bo", now=start + timedelta(days=6, hours=23)) == set()
     assert may_enter(engine, [journey], "bo", now=start + timedelta(days=7)) == {"weekly"}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -225,18 +224,7 @@ class JourneyWorkflow:
         return result
 
     async def _split(self, node: SplitNode) -> str:
-        # Stable per profile and journey version: the same profile always gets the same
-        # variant, whatever the replay, and the variants' shares follow their weights.
-        key = f"{self._input.journey.id}:{self._input.version}:{node.id}:{self._input.profile_id}"
-        point = int(hashlib.sha256(key.encode()).hexdigest()[:15], 16) / 16**15
-        total = sum(v.weight for v in node.variants)
-        cumulative = 0.0
-        chosen = node.variants[-1]
-        for variant in node.variants:
-            cumulative += variant.weight / total
-            if point < cumulative:
-                chosen = variant
-                break
+        chosen = node.choose(self._input.journey.id, self._input.version, self._input.profile_id)
         self._outcome(f"variant {chosen.name}")
         return chosen.next
 

@@ -1,4 +1,4 @@
-"""journey entries, for re-entry rules
+"""journey entries (for re-entry rules) and goal conversions
 
 Revision ID: 0004
 Revises: 0003
@@ -21,10 +21,23 @@ def upgrade() -> None:
         sa.Column("profile_id", sa.String(length=255), nullable=False),
         sa.Column("first_entered_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("last_entered_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("last_version", sa.Integer(), nullable=False),
         sa.Column("entries", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("journey_id", "profile_id"),
+    )
+    op.create_table(
+        "conversions",
+        sa.Column("journey_id", sa.String(length=128), nullable=False),
+        sa.Column("profile_id", sa.String(length=255), nullable=False),
+        sa.Column("entered_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column("variants", sa.JSON(), nullable=False),
+        sa.Column("event_id", sa.String(length=255), nullable=False),
+        sa.Column("converted_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("journey_id", "profile_id", "entered_at"),
     )
 
 
 def downgrade() -> None:
+    op.drop_table("conversions")
     op.drop_table("journey_entries")
