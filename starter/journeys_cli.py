@@ -81,7 +81,12 @@ def journeys_stop(ctx: typer.Context, journey_id: JourneyId, as_json: JsonFlag =
 
 @journeys_app.command("show")
 @friendly
-def journeys_show(ctx: typer.Context, journey_id: JourneyId, as_json: JsonFlag = False) -> None:
+def journeys_show(
+    ctx: typer.Context,
+    journey_id: JourneyId,
+    output: Annotated[str, typer.Option("--format", help="table or mermaid.")] = "table",
+    as_json: JsonFlag = False,
+) -> None:
     """The journey's nodes, status, and how many profiles are at each node now."""
     from activities.catalog import current_journey
     from activities.goals import conversion_counts
@@ -97,6 +102,13 @@ def journeys_show(ctx: typer.Context, journey_id: JourneyId, as_json: JsonFlag =
         return dict(await where_profiles_are(await connect(config), journey_id))
 
     here = asyncio.run(counts())
+    if output == "mermaid":
+        from parcours.mermaid import to_mermaid
+
+        out.print(to_mermaid(journey, here), highlight=False, markup=False, soft_wrap=True)
+        return
+    if output != "table":
+        raise CommandError(f"--format: expected table or mermaid, got {output!r}")
     conversions = conversion_counts(engine(ctx), journey_id)
     if as_json:
         print_json(
