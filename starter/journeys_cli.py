@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
@@ -155,3 +156,69 @@ def journeys_show(
                 + (f" ({splits})" if splits else ""),
                 highlight=False,
             )
+
+
+@journeys_app.command("test")
+@friendly
+def journeys_test(
+    ctx: typer.Context,
+    files: Annotated[list[Path], typer.Argument(help="The journey's file (and what it uses).")],
+    profile: Annotated[str, typer.Option(help='The profile, as JSON: {"id": "t1", "email": ...}.')],
+    events: Annotated[Path, typer.Option(help="JSONL: {type, properties, after: 2h} per line.")],
+    journey: Annotated[
+        str | None, typer.Option(help="Which journey, when the files hold several.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Walk a made-up profile through a journey in simulated time: nothing is sent."""
+    from activities.catalog import known_segments, known_templates
+    from starter.test_mode import profile_from_json, read_events, run_test
+
+    db = engine(ctx)
+    run = asyncio.run(
+        run_test(
+            files,
+            journey,
+            profile_from_json(profile),
+            read_events(events),
+            known_templates(db),
+            known_segments(db),
+        )
+    )
+    if as_json:
+        print_json(
+            {
+                "position": run.position.model_dump(mode="json"),
+                "deliveries": [d.model_dump(mode="json") for d in run.deliveries],
+            }
+        )
+        return
+    position = run.position
+    start = position.path[0].entered_at if position.path else None
+    table = Table("simulated time", "after", "node", "type", "outcome")
+    for step in position.path:
+        offset = step.entered_at - start if start else None
+        table.add_row(
+            f"{step.entered_at:%Y-%m-%d %H:%M}",
+            str(offset).split(".")[0],
+            step.node,
+            step.type,
+            step.outcome or "…",
+        )
+    out.print(table)
+    finished = "finished" if position.finished else "still running when the test stopped"
+    out.print(
+        f"journey {position.journey_id}: {finished}"
+        + (f", exited: {position.exit_reason}" if position.exit_reason else ""),
+        highlight=False,
+    )
+    for delivery in run.deliveries:
+        what = (
+            delivery.subject or ""
+            if delivery.status == "sent"
+            else f"{delivery.status}: {delivery.reason}"
+        )
+        out.print(
+            f"  would send {delivery.channel} {delivery.template} to {delivery.to or '-'}: {what}",
+            highlight=False,
+        )
