@@ -54,3 +54,11 @@ def render(template: Template, context: dict[str, Any]) -> Rendered:
         text=one("body", template.body) or "",
         html=one("html", template.html, autoescape=True),
     )
+
+
+def render_text(name: str, source: str, context: dict[str, Any]) -> str:
+    """One template string outside a message (a webhook body), with the same sandbox."""
+    try:
+        return _compiled(source, False).render(context)
+    except TemplateError as exc:
+        raise RenderError(f"{name}: {exc}") from exc

@@ -101,3 +101,22 @@ class WaitUntilInput(BaseModel):
     now: datetime
     until: Until | None = None
     attribute: str | None = None
+
+
+class WebhookInput(BaseModel):
+    idempotency_key: str
+    profile_id: str
+    journey_id: str
+    journey_version: int
+    node_id: str
+    url: str
+    method: str
+    body: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout_seconds: float
+    event_id: str | None = None
+
+
+class WebhookResult(BaseModel):
+    status: int | None  # the HTTP status, None when no answer came
+    error: str | None = None

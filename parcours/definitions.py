@@ -7,6 +7,7 @@ the store keeps them as JSON, and workflows receive them as their input.
 from __future__ import annotations
 
 import hashlib
+from datetime import timedelta
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -210,6 +211,25 @@ class WaitForEventNode(_Strict):
         return [("on_event", self.on_event), ("on_timeout", self.on_timeout)]
 
 
+class WebhookNode(_Strict):
+    id: Identifier
+    type: Literal["webhook"]
+    url: Annotated[
+        str, Field(pattern=r"^https?://[^\s]+$", description="an http:// or https:// URL")
+    ]
+    method: Literal["POST", "PUT", "PATCH", "GET"] = "POST"
+    body: str | None = None  # a Jinja2 template, rendered like message templates
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout: Duration = timedelta(seconds=10)
+    next: Identifier
+
+    def summary(self) -> str:
+        return f"webhook {self.method} {self.url.split('?')[0]}"
+
+    def edges(self) -> list[tuple[str, str]]:
+        return [("next", self.next)]
+
+
 class EndNode(_Strict):
     id: Identifier
     type: Literal["end"]
@@ -228,10 +248,13 @@ AnyNode = (
     | SplitNode
     | UpdateProfileNode
     | WaitForEventNode
+    | WebhookNode
     | EndNode
 )
 Node = Annotated[AnyNode, Field(discriminator="type")]
-NODE_TYPES = ("wait", "wait_for_event", "condition", "split", "message", "update_profile", "end")
+NODE_TYPES = (
+    "wait", "wait_for_event", "condition", "split", "message", "update_profile", "webhook", "end",
+)  # fmt: skip
 # Nodes where time passes: every cycle must go through one of these.
 WAITING_NODES = (WaitNode, WaitForEventNode)
 

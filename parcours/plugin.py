@@ -15,6 +15,7 @@ from temporalio.plugin import SimplePlugin
 from activities.delivery import DeliveryActivities
 from activities.journey_steps import JourneyActivities
 from activities.recheck import SegmentActivities
+from activities.webhooks import WebhookActivities
 from parcours.settings import Settings
 from workflows.journey import JourneyWorkflow
 from workflows.segment_recheck import SegmentRecheckWorkflow
@@ -29,6 +30,7 @@ class ParcoursPlugin(SimplePlugin):
         delivery = DeliveryActivities(self.settings)
         segments = SegmentActivities(self.settings)
         steps = JourneyActivities(self.settings)
+        webhooks = WebhookActivities(self.settings)
         super().__init__(
             "parcours",
             data_converter=pydantic_data_converter,
@@ -39,5 +41,6 @@ class ParcoursPlugin(SimplePlugin):
                 steps.evaluate_rules,
                 steps.update_profile,
                 steps.resolve_wait,
+                webhooks.call_webhook,
             ],
         )

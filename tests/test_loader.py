@@ -88,7 +88,7 @@ id: g
 """,
     )
     assert any(
-        "nodes[0].type: unknown type 'teleport': expected one of wait, wait_for_event, condition, split, message, update_profile, end"
+        "nodes[0].type: unknown type 'teleport': expected one of wait, wait_for_event, condition, split, message, update_profile, webhook, end"
         in e
         for e in errors
     )

@@ -31,6 +31,8 @@ with workflow.unsafe.imports_passed_through():
         Step,
         UpdateProfileInput,
         WaitUntilInput,
+        WebhookInput,
+        WebhookResult,
     )
     from parcours.definitions import (
         ConditionNode,
@@ -40,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         UpdateProfileNode,
         WaitForEventNode,
         WaitNode,
+        WebhookNode,
     )
 
 # Provider outages are retried until they pass: a journey must not lose a message because a
@@ -49,6 +52,10 @@ SEND_RETRY = RetryPolicy(
 )
 SEND_TIMEOUT = timedelta(seconds=60)
 STEP_TIMEOUT = timedelta(seconds=30)
+# An external system gets a few tries, spread over minutes, before the journey moves on.
+WEBHOOK_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2), maximum_interval=timedelta(minutes=1), maximum_attempts=5
+)
 # Seen event ids are kept to drop redelivered signals; the bound keeps the state small.
 MAX_SEEN_EVENTS = 100
 
@@ -79,6 +86,7 @@ class JourneyWorkflow:
             SplitNode: self._split,
             MessageNode: self._message,
             UpdateProfileNode: self._update_profile,
+            WebhookNode: self._webhook,
             EndNode: self._end,
         }
         node_id: str | None = input.journey.start
@@ -265,6 +273,35 @@ class JourneyWorkflow:
             summary=node.summary(),
         )
         self._outcome("updated")
+        return node.next
+
+    async def _webhook(self, node: WebhookNode) -> str:
+        info = workflow.info()
+        try:
+            result = await workflow.execute_activity(
+                "call_webhook",
+                WebhookInput(
+                    idempotency_key=f"{info.workflow_id}/{info.run_id}/{node.id}/{self._visits[node.id]}",
+                    profile_id=self._input.profile_id,
+                    journey_id=self._input.journey.id,
+                    journey_version=self._input.version,
+                    node_id=node.id,
+                    url=node.url,
+                    method=node.method,
+                    body=node.body,
+                    headers=node.headers,
+                    timeout_seconds=node.timeout.total_seconds(),
+                    event_id=self._entry_event_id,
+                ),
+                result_type=WebhookResult,
+                start_to_close_timeout=node.timeout + timedelta(seconds=5),
+                retry_policy=WEBHOOK_RETRY,
+                summary=node.summary(),
+            )
+            self._outcome(f"status {result.status}" + (f": {result.error}" if result.error else ""))
+        except ActivityError as exc:
+            # The external system stayed down through every retry: note it and go on.
+            self._outcome(f"failed: {exc.cause or exc}")
         return node.next
 
     async def _end(self, node: EndNode) -> None:
