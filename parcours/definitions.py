@@ -50,6 +50,7 @@ class Template(_Strict):
 
 class EventEntry(_Strict):
     event: Annotated[str, Field(min_length=1)]
+    where: Rule | None = None  # over the event's properties
 
 
 class Until(_Strict):
@@ -280,6 +281,7 @@ class Journey(_Strict):
     id: Identifier
     name: str | None = None
     entry: EventEntry
+    audience: Rule | None = None  # only profiles matching it may enter
     re_entry: Literal["never", "after_exit"] | Cooldown = "after_exit"
     exit_when: list[ExitWhen] = Field(default_factory=list)
     goal: Goal | None = None

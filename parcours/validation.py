@@ -51,6 +51,16 @@ def validate_journey(
         else:
             index[node.id] = i
 
+    if journey.entry.where is not None:
+        problems += [
+            Problem(p, m) for p, m in misplaced(journey.entry.where, "entry.where", in_where=True)
+        ]
+        problems += _check_rule(
+            "entry.where", journey.entry.where, segments or {}, event_rules=False
+        )
+    if journey.audience is not None:
+        problems += [Problem(p, m) for p, m in misplaced(journey.audience, "audience")]
+        problems += _check_rule("audience", journey.audience, segments or {}, event_rules=False)
     if journey.start not in index:
         problems.append(
             Problem("start", f"no node has id {journey.start!r}; expected one of {sorted(index)}")
@@ -150,13 +160,19 @@ def _rules(node: AnyNode) -> list[tuple[str, object]]:
     return []
 
 
-def _check_rule(path: str, rule: object, segments: Mapping[str, Segment]) -> list[Problem]:
-    # Journey rules may read the entry (or awaited) event's properties at the top level.
-    problems = [
-        Problem(p, m)
-        for p, m in misplaced(rule, path)
-        if not m.startswith("a property rule reads an event")
-    ]
+def _check_rule(
+    path: str, rule: object, segments: Mapping[str, Segment], event_rules: bool = True
+) -> list[Problem]:
+    # Node rules may read the entry (or awaited) event's properties at the top level.
+    problems = (
+        [
+            Problem(p, m)
+            for p, m in misplaced(rule, path)
+            if not m.startswith("a property rule reads an event")
+        ]
+        if event_rules
+        else []
+    )
     for ref in sorted(references(rule)):
         if ref not in segments:
             problems.append(Problem(path, f"segment {ref!r} is not defined or applied"))

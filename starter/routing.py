@@ -16,14 +16,16 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities import catalog
+from activities.db import utcnow
 from activities.entries import may_enter, record_entry
 from activities.events import record_event
 from activities.goals import record_conversions
-from activities.segments import Transition, refresh_profile
+from activities.segments import Transition, dependencies, facts, refresh_profile
 from parcours import search_attributes as sa
 from parcours.contracts import EventRef, JourneyInput
 from parcours.definitions import Journey
 from parcours.errors import InputError
+from parcours.evaluate import EventFacts, ProfileFacts, matches
 from parcours.records import Event, NewEvent
 from parcours.settings import Settings
 from workflows.journey import JourneyWorkflow
@@ -88,6 +90,7 @@ def _record(
         return routed, [], [], set()
     routed.segments = refresh_profile(engine, event.profile_id, event_type=event.type)
     routed.conversions = record_conversions(engine, event)
+    entering = _admitted(engine, entering, event)
     started = {journey.id for journey, _ in entering}
     listening = [
         j
@@ -96,6 +99,31 @@ def _record(
     ]
     allowed = may_enter(engine, [journey for journey, _ in entering], event.profile_id)
     return routed, entering, listening, allowed
+
+
+def _admitted(
+    engine: Engine, entering: list[tuple[Journey, int]], event: Event
+) -> list[tuple[Journey, int]]:
+    """The journeys whose entry `where` (on this event) and `audience` (on the profile) pass."""
+    if not any(j.entry.where or j.audience for j, _ in entering):
+        return entering
+    segments = catalog.known_segments(engine)
+    types: set[str] = set()
+    for journey, _ in entering:
+        if journey.audience is not None:
+            types |= dependencies(journey.audience, segments).events
+    profile = facts(engine, event.profile_id, types) or ProfileFacts()
+    now = utcnow()
+    this = EventFacts(event.type, event.timestamp, event.properties)
+    return [
+        (journey, version)
+        for journey, version in entering
+        if (
+            journey.entry.where is None
+            or matches(journey.entry.where, profile, now, segments, this)
+        )
+        and (journey.audience is None or matches(journey.audience, profile, now, segments))
+    ]
 
 
 async def _enter_or_feed(
