@@ -1,50 +1,115 @@
-"""Events: stored once per id, creating their profile when it is new."""
+"""Events: stored once per id, creating their profile when it is new.
+
+`record_events` is the one write path (`record_event` is a batch of one): a single
+`INSERT … ON CONFLICT DO NOTHING` per chunk decides which events are new, so an id sent twice,
+in one batch or by two concurrent writers, is stored exactly once on SQLite and PostgreSQL.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
+from collections.abc import Sequence
+from datetime import UTC
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from activities.db import EventRow, utcnow
-from activities.profiles import ensure_profile
+from activities.profiles import (
+    create_missing_profiles,
+    insert_missing,
+    plan_for_current_sizes,
+    retrying,
+)
 from parcours.records import Event, NewEvent
 
 
 def record_event(engine: Engine, new: NewEvent) -> tuple[Event, bool]:
     """Store the event; returns it and whether it was a duplicate of one already stored."""
-    event_id = new.id or str(uuid.uuid4())
-    try:
+    return record_events(engine, [new])[0]
+
+
+def record_events(engine: Engine, events: Sequence[NewEvent]) -> list[tuple[Event, bool]]:
+    """Store the events in one transaction; for each, in order, the stored event and whether it
+    was a duplicate (its id already stored, or earlier in the same batch). Events without an id
+    get a random one; profiles that do not exist yet are created."""
+    now = utcnow()
+    values: list[dict[str, Any]] = []
+    first: dict[str, dict[str, Any]] = {}  # the first occurrence of each id is the one stored
+    for new in events:
+        row: dict[str, Any] = {
+            "id": new.id or str(uuid.uuid4()),
+            "profile_id": new.profile_id,
+            "type": new.type,
+            "timestamp": new.timestamp or now,
+            "properties": new.properties,
+            "received_at": now,
+        }
+        values.append(row)
+        first.setdefault(row["id"], row)
+    if not values:
+        return []
+
+    def write() -> tuple[set[str], dict[str, Event]]:
         with Session(engine) as session, session.begin():
-            existing = session.scalar(select(EventRow).where(EventRow.id == event_id))
-            if existing is not None:
-                return _to_model(existing), True
-            ensure_profile(session, new.profile_id)
-            row = EventRow(
-                id=event_id,
-                profile_id=new.profile_id,
-                type=new.type,
-                timestamp=new.timestamp or utcnow(),
-                properties=new.properties,
-            )
-            session.add(row)
-            session.flush()
-            return _to_model(row), False
-    except IntegrityError:
-        # Another writer stored the same id between our read and our insert.
-        stored = get_event(engine, event_id)
-        if stored is None:
-            raise
-        return stored, True
+            plan_for_current_sizes(session)
+            # In id order, like the profiles after them: two batches sharing ids then wait
+            # for each other in the same order and cannot deadlock on PostgreSQL.
+            rows = sorted(first.values(), key=lambda row: str(row["id"]))
+            inserted = insert_missing(session, EventRow.__table__, rows, "id")  # type: ignore[arg-type]
+            create_missing_profiles(session, {first[i]["profile_id"] for i in inserted})
+            return inserted, _stored(session, [i for i in first if i not in inserted])
+
+    inserted, stored = retrying(write)
+    results: list[tuple[Event, bool]] = []
+    for row in values:
+        event_id = row["id"]
+        if event_id in inserted:
+            # Only the first occurrence in the batch was stored; a repeat is its duplicate.
+            is_first = first[event_id] is row
+            results.append((_from_values(first[event_id]), not is_first))
+        else:
+            results.append((stored[event_id], True))
+    return results
+
+
+def content_event_id(new: NewEvent) -> str:
+    """A deterministic id for an event that has none: a hash of its canonical content, so the
+    same event read twice (a re-imported file) is stored once."""
+    content = new.model_dump(mode="json", exclude={"id"})
+    if new.timestamp is not None:  # one instant, however its offset was written
+        content["timestamp"] = new.timestamp.astimezone(UTC).isoformat()
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def get_event(engine: Engine, event_id: str) -> Event | None:
     with Session(engine) as session:
         row = session.scalar(select(EventRow).where(EventRow.id == event_id))
         return _to_model(row) if row else None
+
+
+def _stored(session: Session, event_ids: list[str]) -> dict[str, Event]:
+    stored: dict[str, Event] = {}
+    for start in range(0, len(event_ids), 500):
+        chunk = event_ids[start : start + 500]
+        for row in session.scalars(select(EventRow).where(EventRow.id.in_(chunk))):
+            stored[row.id] = _to_model(row)
+    return stored
+
+
+def _from_values(values: dict[str, Any]) -> Event:
+    return Event(
+        id=values["id"],
+        type=values["type"],
+        profile_id=values["profile_id"],
+        timestamp=values["timestamp"],
+        properties=values["properties"],
+    )
 
 
 def _to_model(row: EventRow) -> Event:

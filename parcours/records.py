@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from parcours.contracts import DeliveryStatus
 
@@ -17,6 +17,9 @@ class Profile(BaseModel):
     timezone: str | None = None
     locale: str | None = None
     attributes: dict[str, Any] = Field(default_factory=dict)
+    # {channel: {"status": "opted_in" | "opted_out", "source": str, "at": RFC 3339}}
+    consent: dict[str, Any] = Field(default_factory=dict)
+    device_tokens: list[str] = Field(default_factory=list)
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
@@ -62,3 +65,22 @@ class NewEvent(BaseModel):
     timestamp: datetime | None = None
     properties: dict[str, Any] = Field(default_factory=dict)
     id: str | None = Field(default=None, min_length=1, max_length=255)
+
+    @field_validator("profile_id")
+    @classmethod
+    def _plain_profile_id(cls, value: str) -> str:
+        # The same rule as a profile's own id: an event must not create a profile that
+        # `profiles set` could not address.
+        if value != value.strip() or any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError(f"{value!r} has spaces around it or control characters in it")
+        return value
+
+    @field_validator("timestamp")
+    @classmethod
+    def _utc_when_naive(cls, value: datetime | None) -> datetime | None:
+        # The store reads every timestamp as UTC; saying so here keeps a naive timestamp (the
+        # CLI's `--timestamp 2026-01-01T10:00:00`) from meaning the server's local time on
+        # PostgreSQL, and gives content-derived event ids one canonical form.
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
