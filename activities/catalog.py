@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
@@ -112,11 +112,16 @@ def _publish_journey(
     version = 1 if row is None else row.current_version + 1
     if row is None:
         row = JourneyRow(
-            id=journey.id, status="live", current_version=version, entry_event=journey.entry.event
+            id=journey.id,
+            status="live",
+            current_version=version,
+            entry_event=journey.entry.event,
+            entry_segment=journey.entry.segment_entered,
         )
         session.add(row)
     else:
-        row.current_version, row.entry_event, row.status = version, journey.entry.event, "live"
+        row.current_version, row.status = version, "live"
+        row.entry_event, row.entry_segment = journey.entry.event, journey.entry.segment_entered
     session.flush()
     session.add(
         JourneyVersionRow(
@@ -132,6 +137,15 @@ def _publish_journey(
 
 def live_journeys_for_event(engine: Engine, event_type: str) -> list[tuple[Journey, int]]:
     """The current version of every live journey that this event type enters."""
+    return _live(engine, JourneyRow.entry_event == event_type)
+
+
+def live_journeys_for_segment(engine: Engine, segment_id: str) -> list[tuple[Journey, int]]:
+    """The current version of every live journey entered by joining this segment."""
+    return _live(engine, JourneyRow.entry_segment == segment_id)
+
+
+def _live(engine: Engine, entered_by: Any) -> list[tuple[Journey, int]]:
     with Session(engine) as session:
         rows = session.execute(
             select(JourneyVersionRow)
@@ -140,7 +154,7 @@ def live_journeys_for_event(engine: Engine, event_type: str) -> list[tuple[Journ
                 (JourneyRow.id == JourneyVersionRow.journey_id)
                 & (JourneyRow.current_version == JourneyVersionRow.version),
             )
-            .where(JourneyRow.status == "live", JourneyRow.entry_event == event_type)
+            .where(JourneyRow.status == "live", entered_by)
         ).scalars()
         return [(Journey.model_validate(r.definition), r.version) for r in rows]
 
@@ -178,7 +192,8 @@ def list_journeys(engine: Engine) -> list[JourneyVersion]:
                 journey_id=j.id,
                 version=j.current_version,
                 status=j.status,
-                entry_event=j.entry_event or "",
+                entry_event=j.entry_event
+                or (f"segment:{j.entry_segment}" if j.entry_segment else "api"),
                 created_at=created,
             )
             for j, created in rows
@@ -186,25 +201,33 @@ def list_journeys(engine: Engine) -> list[JourneyVersion]:
 
 
 # Versions never change once published, so each is parsed once per process.
-_listening: dict[tuple[str, int], frozenset[str]] = {}
+_versions: dict[tuple[str, int], Journey] = {}
 
 
-def journeys_listening_to(engine: Engine, event_type: str) -> list[str]:
-    """Journeys with any version whose running entries wait for or exit on this event type."""
+def running_versions(engine: Engine) -> list[Journey]:
+    """Every version of every journey not stopped: those running entries may be on."""
     with Session(engine) as session:
         keys = session.execute(
             select(JourneyVersionRow.journey_id, JourneyVersionRow.version)
             .join(JourneyRow, JourneyRow.id == JourneyVersionRow.journey_id)
             .where(JourneyRow.status != "stopped")
         ).all()
-        missing = [(j, v) for j, v in keys if (j, v) not in _listening]
-        for journey_id, version in missing:
-            row = session.get(JourneyVersionRow, (journey_id, version))
-            assert row is not None
-            _listening[(journey_id, version)] = frozenset(
-                Journey.model_validate(row.definition).listens_to()
-            )
-    return sorted({j for j, v in keys if event_type in _listening[(j, v)]})
+        for journey_id, version in keys:
+            if (journey_id, version) not in _versions:
+                row = session.get(JourneyVersionRow, (journey_id, version))
+                assert row is not None
+                _versions[(journey_id, version)] = Journey.model_validate(row.definition)
+    return [_versions[(j, v)] for j, v in keys]
+
+
+def journeys_listening_to(engine: Engine, event_type: str) -> list[str]:
+    """Journeys with any version whose running entries wait for or exit on this event type."""
+    return sorted({j.id for j in running_versions(engine) if event_type in j.listens_to()})
+
+
+def journeys_exiting_on_segment(engine: Engine, segment_id: str) -> list[str]:
+    """Journeys with any version whose entries leave when a profile leaves this segment."""
+    return sorted({j.id for j in running_versions(engine) if segment_id in j.exits_on_segments()})
 
 
 # What each lifecycle command may move a journey from; publishing again makes it live.

@@ -119,6 +119,7 @@ class JourneyRow(Base):
     status: Mapped[str] = mapped_column(String(16))
     current_version: Mapped[int]
     entry_event: Mapped[str | None] = mapped_column(String(255), index=True)
+    entry_segment: Mapped[str | None] = mapped_column(String(128), index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 

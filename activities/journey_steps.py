@@ -14,10 +14,11 @@ from activities.bound import BoundActivities
 from activities.catalog import known_segments
 from activities.db import ProfileRow, utcnow
 from activities.events import get_event
-from activities.segments import dependencies, facts, refresh_profile
+from activities.segments import Transition, dependencies, facts, refresh_profile
 from parcours.contracts import RulesInput, UpdateProfileInput, WaitUntilInput
 from parcours.evaluate import EventFacts, ProfileFacts, epoch, matches
 from parcours.timing import next_local_time
+from starter.routing import route_transitions
 
 
 class JourneyActivities(BoundActivities):
@@ -46,9 +47,11 @@ class JourneyActivities(BoundActivities):
 
     @activity.defn(name="update_profile")
     async def update_profile(self, request: UpdateProfileInput) -> None:
-        await asyncio.to_thread(self._update, request)
+        transitions = await asyncio.to_thread(self._update, request)
+        # Joining or leaving a segment starts or ends other journeys' entries.
+        await route_transitions(activity.client(), self.engine, self.settings, transitions)
 
-    def _update(self, request: UpdateProfileInput) -> None:
+    def _update(self, request: UpdateProfileInput) -> list[Transition]:
         with Session(self.engine) as session, session.begin():
             row = session.get(ProfileRow, request.profile_id, with_for_update=True)
             if row is None:
@@ -59,7 +62,7 @@ class JourneyActivities(BoundActivities):
                 attributes.pop(key, None)
             row.attributes = attributes
         # Setting the same values again is harmless, so a retried activity is too.
-        refresh_profile(self.engine, request.profile_id, profile_changed=True)
+        return refresh_profile(self.engine, request.profile_id, profile_changed=True)
 
     @activity.defn(name="resolve_wait")
     async def resolve_wait(self, request: WaitUntilInput) -> datetime | None:

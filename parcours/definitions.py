@@ -48,9 +48,29 @@ class Template(_Strict):
         return self
 
 
-class EventEntry(_Strict):
-    event: Annotated[str, Field(min_length=1)]
-    where: Rule | None = None  # over the event's properties
+class Entry(_Strict):
+    """How profiles enter: exactly one of an event, entering a segment, or the API."""
+
+    event: Annotated[str, Field(min_length=1)] | None = None
+    where: Rule | None = None  # over the entry event's properties
+    segment_entered: Identifier | None = None
+    api: bool = False
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Entry:
+        given = [k for k in ("event", "segment_entered", "api") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(
+                "`entry` takes exactly one of `event`, `segment_entered` or `api: true`"
+            )
+        if self.where is not None and self.event is None:
+            raise ValueError("`where` filters an entry event: it needs `event`")
+        return self
+
+    def describe(self) -> str:
+        if self.event:
+            return f"event {self.event}"
+        return f"segment {self.segment_entered} entered" if self.segment_entered else "API"
 
 
 class Until(_Strict):
@@ -261,7 +281,16 @@ WAITING_NODES = (WaitNode, WaitForEventNode)
 
 
 class ExitWhen(_Strict):
-    event: Annotated[str, Field(min_length=1)]
+    """Leave at once on this event, or when the profile leaves this segment."""
+
+    event: Annotated[str, Field(min_length=1)] | None = None
+    segment_exited: Identifier | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ExitWhen:
+        if (self.event is None) == (self.segment_exited is None):
+            raise ValueError("an `exit_when` item takes exactly one of `event` or `segment_exited`")
+        return self
 
 
 class Goal(_Strict):
@@ -280,7 +309,7 @@ class Journey(_Strict):
     kind: Literal["journey"] = "journey"
     id: Identifier
     name: str | None = None
-    entry: EventEntry
+    entry: Entry
     audience: Rule | None = None  # only profiles matching it may enter
     re_entry: Literal["never", "after_exit"] | Cooldown = "after_exit"
     exit_when: list[ExitWhen] = Field(default_factory=list)
@@ -297,7 +326,10 @@ class Journey(_Strict):
     def listens_to(self) -> set[str]:
         """Event types a running entry must hear about (besides its entry event)."""
         waits = {n.event for n in self.nodes if isinstance(n, WaitForEventNode)}
-        return waits | {e.event for e in self.exit_when}
+        return waits | {e.event for e in self.exit_when if e.event}
+
+    def exits_on_segments(self) -> set[str]:
+        return {e.segment_exited for e in self.exit_when if e.segment_exited}
 
 
 class Segment(_Strict):

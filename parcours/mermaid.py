@@ -9,7 +9,10 @@ from parcours.definitions import AnyNode, Journey, SplitNode
 
 def to_mermaid(journey: Journey, here: Mapping[str, int] | None = None) -> str:
     """`here`: how many profiles are at each node now, shown in its box when given."""
-    lines = ["flowchart TD", f'    entry(["{journey.entry.event}"]) --> {_name(journey.start)}']
+    lines = [
+        "flowchart TD",
+        f'    entry(["{journey.entry.describe()}"]) --> {_name(journey.start)}',
+    ]
     for node in journey.nodes:
         label = f"{node.id}<br/>{node.summary()}".replace('"', "'")
         if here is not None:

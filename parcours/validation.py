@@ -58,6 +58,13 @@ def validate_journey(
         problems += _check_rule(
             "entry.where", journey.entry.where, segments or {}, event_rules=False
         )
+    segment_uses = [("entry.segment_entered", journey.entry.segment_entered)] + [
+        (f"exit_when[{i}].segment_exited", e.segment_exited)
+        for i, e in enumerate(journey.exit_when)
+    ]
+    for path, segment in segment_uses:
+        if segment is not None and segment not in (segments or {}):
+            problems.append(Problem(path, f"segment {segment!r} is not defined or applied"))
     if journey.audience is not None:
         problems += [Problem(p, m) for p, m in misplaced(journey.audience, "audience")]
         problems += _check_rule("audience", journey.audience, segments or {}, event_rules=False)

@@ -198,11 +198,23 @@ def profiles_set(
     ctx: typer.Context,
     profile_id: Annotated[str, typer.Argument(metavar="ID")],
     email: Annotated[str | None, typer.Option()] = None,
-    phone: Annotated[str | None, typer.Option(help="E.164, e.g. +33612345678.")] = None,
+    phone: Annotated[
+        str | None, typer.Option(help="International form, e.g. '+33 6 12 34 56 78'.")
+    ] = None,
     timezone: Annotated[str | None, typer.Option(help="IANA zone, e.g. Europe/Paris.")] = None,
-    locale: Annotated[str | None, typer.Option()] = None,
+    locale: Annotated[str | None, typer.Option(help="BCP 47 tag, e.g. fr-FR.")] = None,
     attr: Annotated[
         list[str] | None, typer.Option(help="key=value (JSON values are parsed).")
+    ] = None,
+    consent: Annotated[
+        list[str] | None,
+        typer.Option(help="channel=true|false, channel one of email, sms, push."),
+    ] = None,
+    device_token: Annotated[
+        list[str] | None, typer.Option(help="A push device token to add.")
+    ] = None,
+    remove_device_token: Annotated[
+        list[str] | None, typer.Option(help="A push device token to remove.")
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -217,8 +229,33 @@ def profiles_set(
         timezone=timezone,
         locale=locale,
         attributes=parse_pairs(attr or [], "--attr"),
+        consent=parse_pairs(consent or [], "--consent"),
+        consent_source="cli",
+        add_device_tokens=device_token or [],
+        remove_device_tokens=remove_device_token or [],
     )
+    _follow_membership(ctx, profile_id)
     print_json(profile) if as_json else show_profile(profile)
+
+
+def _follow_membership(ctx: typer.Context, profile_id: str) -> None:
+    """Keep segments current after a profile change, and start or end the journeys that
+    follow them. The change itself is kept even when Temporal cannot be reached."""
+    from activities.segments import refresh_profile
+    from starter.routing import journeys_follow, route_transitions
+
+    transitions = refresh_profile(engine(ctx), profile_id, profile_changed=True)
+    if not journeys_follow(engine(ctx), transitions):
+        return
+    config = settings(ctx)
+
+    async def route() -> None:
+        await route_transitions(await connect(config), engine(ctx), config, transitions)
+
+    try:
+        asyncio.run(route())
+    except CommandError as exc:
+        err.print(f"warning: segments updated, but journeys were not told: {exc}", highlight=False)
 
 
 @profiles_app.command("show")
@@ -228,21 +265,77 @@ def profiles_show(
     profile_id: Annotated[str, typer.Argument(metavar="ID")],
     as_json: JsonFlag = False,
 ) -> None:
-    """Show one profile."""
+    """Show one profile and the segments it is in now."""
     from activities.profiles import get_profile
+    from activities.segments import profile_segments
 
-    profile = get_profile(engine(ctx), profile_id)
+    db = engine(ctx)
+    profile = get_profile(db, profile_id)
     if profile is None:
         raise CommandError(f"no profile {profile_id!r}")
-    print_json(profile) if as_json else show_profile(profile)
+    segments = profile_segments(db, profile_id)
+    if as_json:
+        data = profile.model_dump(mode="json")
+        data["segments"] = [
+            {"segment_id": m.segment_id, "entered_at": m.entered_at.isoformat()} for m in segments
+        ]
+        print_json(data)
+        return
+    show_profile(profile)
+    listed = ", ".join(f"{m.segment_id} (since {m.entered_at:%Y-%m-%d %H:%M})" for m in segments)
+    out.print(f"segments: {listed or '—'}", highlight=False, markup=False)
+
+
+@profiles_app.command("erase")
+@friendly
+def profiles_erase(
+    ctx: typer.Context,
+    profile_id: Annotated[str, typer.Argument(metavar="ID")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Erase a profile with its events and segment memberships (deliveries are kept)."""
+    from activities.profiles import erase_profile
+
+    erased = erase_profile(engine(ctx), profile_id)
+    if as_json:
+        print_json(
+            {
+                "id": erased.id,
+                "erased": erased.found,
+                "events": erased.events,
+                "memberships": erased.memberships,
+            }
+        )
+    elif erased.found:
+        out.print(
+            f"erased profile {profile_id!r}: {_plural(erased.events, 'event')} and "
+            f"{_plural(erased.memberships, 'segment membership')} removed",
+            highlight=False,
+            markup=False,
+        )
+    else:
+        out.print(f"no profile {profile_id!r}: nothing to erase", highlight=False, markup=False)
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def show_profile(profile: Any) -> None:
+    from rich.text import Text
+
+    # Text cells: a value is data, never rich markup ("[red]" in an attribute stays as typed).
+    rows = [(field, str(getattr(profile, field) or "—")) for field in ("id", "email", "phone")]
+    rows += [(field, str(getattr(profile, field) or "—")) for field in ("timezone", "locale")]
+    rows.append(("device_tokens", ", ".join(profile.device_tokens) or "—"))
+    rows += [
+        (f"consent.{channel}", f"{r.get('status')} (from {r.get('source')}, {r.get('at')})")
+        for channel, r in profile.consent.items()
+    ]
+    rows += [(f"attributes.{key}", json.dumps(value)) for key, value in profile.attributes.items()]
     table = Table(show_header=False, box=None)
-    for field in ("id", "email", "phone", "timezone", "locale"):
-        table.add_row(field, str(getattr(profile, field) or "—"))
-    for key, value in profile.attributes.items():
-        table.add_row(f"attributes.{key}", json.dumps(value))
+    for name, value in rows:
+        table.add_row(Text(name), Text(value))
     out.print(table)
 
 
@@ -358,4 +451,4 @@ def main() -> None:
 
 
 # Command groups kept in their own modules register themselves on the apps above.
-from starter import imports_cli, segments_cli  # noqa: E402, F401
+from starter import imports_cli, journeys_cli, segments_cli  # noqa: E402, F401

@@ -131,7 +131,7 @@ def journeys_show(
         )
         return
     out.print(
-        f"journey {journey_id} v{version} ({status}), entry on {journey.entry.event}",
+        f"journey {journey_id} v{version} ({status}), entry on {journey.entry.describe()}",
         highlight=False,
     )
     table = Table("node", "type", "does", "next", "here now")

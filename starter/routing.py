@@ -7,10 +7,11 @@ entry or signals the one already running: the same profile never has two live en
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -63,6 +64,7 @@ async def send_event(
             routed.journeys.append(workflow_id)
         if started:
             await asyncio.to_thread(record_entry, engine, journey.id, version, event.profile_id)
+    routed.journeys += await route_transitions(client, engine, settings, routed.segments)
     # Entries already running that wait for this event, or leave on it.
     for listener in listening:
         workflow_id = journey_workflow_id(listener, event.profile_id)
@@ -78,7 +80,7 @@ async def send_event(
 
 def _record(
     engine: Engine, new: NewEvent, only: str | None
-) -> tuple[Routed, list[tuple[Journey, int]], list[str]]:
+) -> tuple[Routed, list[tuple[Journey, int]], list[str], set[str]]:
     entering = catalog.live_journeys_for_event(engine, new.type)
     if only is not None:
         entering = [(j, v) for j, v in entering if j.id == only]
@@ -101,10 +103,64 @@ def _record(
     return routed, entering, listening, allowed
 
 
+async def route_transitions(
+    client: Client, engine: Engine, settings: Settings, transitions: Sequence[Transition]
+) -> list[str]:
+    """Act on segment membership changes: start the journeys entered by joining a segment,
+    and tell running entries that leave on a segment exit. Returns the workflow ids reached."""
+    reached: list[str] = []
+    for transition in transitions:
+        if transition.entered:
+            entering = await asyncio.to_thread(_segment_entries, engine, transition)
+            for journey, version, allowed in entering:
+                workflow_id, started = await _enter_or_feed(
+                    client, settings, journey, version, None, transition.profile_id, allowed
+                )
+                if workflow_id:
+                    reached.append(workflow_id)
+                if started:
+                    await asyncio.to_thread(
+                        record_entry, engine, journey.id, version, transition.profile_id
+                    )
+            continue
+        for journey_id in await asyncio.to_thread(
+            catalog.journeys_exiting_on_segment, engine, transition.segment_id
+        ):
+            workflow_id = journey_workflow_id(journey_id, transition.profile_id)
+            try:
+                await client.get_workflow_handle(workflow_id).signal(
+                    "segment_exited", transition.segment_id
+                )
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.NOT_FOUND:  # not found: the profile is not inside
+                    raise
+                continue
+            reached.append(workflow_id)
+    return reached
+
+
+def journeys_follow(engine: Engine, transitions: Sequence[Transition]) -> bool:
+    """Whether any journey enters or exits on these membership changes."""
+    return any(
+        catalog.live_journeys_for_segment(engine, t.segment_id)
+        if t.entered
+        else catalog.journeys_exiting_on_segment(engine, t.segment_id)
+        for t in transitions
+    )
+
+
+def _segment_entries(engine: Engine, transition: Transition) -> list[tuple[Journey, int, bool]]:
+    candidates = catalog.live_journeys_for_segment(engine, transition.segment_id)
+    admitted = _admitted(engine, candidates, None, transition.profile_id)
+    allowed = may_enter(engine, [j for j, _ in admitted], transition.profile_id)
+    return [(j, v, j.id in allowed) for j, v in admitted]
+
+
 def _admitted(
-    engine: Engine, entering: list[tuple[Journey, int]], event: Event
+    engine: Engine, entering: list[tuple[Journey, int]], event: Event | None, profile_id: str = ""
 ) -> list[tuple[Journey, int]]:
-    """The journeys whose entry `where` (on this event) and `audience` (on the profile) pass."""
+    """The journeys whose entry `where` (on the entry event, when there is one) and
+    `audience` (on the profile) pass."""
     if not any(j.entry.where or j.audience for j, _ in entering):
         return entering
     segments = catalog.known_segments(engine)
@@ -112,9 +168,9 @@ def _admitted(
     for journey, _ in entering:
         if journey.audience is not None:
             types |= dependencies(journey.audience, segments).events
-    profile = facts(engine, event.profile_id, types) or ProfileFacts()
+    profile = facts(engine, event.profile_id if event else profile_id, types) or ProfileFacts()
     now = utcnow()
-    this = EventFacts(event.type, event.timestamp, event.properties)
+    this = EventFacts(event.type, event.timestamp, event.properties) if event else None
     return [
         (journey, version)
         for journey, version in entering
@@ -131,7 +187,7 @@ async def _enter_or_feed(
     settings: Settings,
     journey: Journey,
     version: int,
-    ref: EventRef,
+    ref: EventRef | None,
     profile_id: str,
     may_start: bool,
 ) -> tuple[str | None, bool]:
@@ -143,15 +199,9 @@ async def _enter_or_feed(
     new entry, a running one still hears the event.
     """
     workflow_id = journey_workflow_id(journey.id, profile_id)
+    if not may_start:
+        return (workflow_id if await _feed(client, workflow_id, ref) else None), False
     for _ in range(3):
-        if not may_start:
-            try:
-                await client.get_workflow_handle(workflow_id).signal("event", ref)
-            except RPCError as exc:
-                if exc.status != RPCStatusCode.NOT_FOUND:
-                    raise
-                return None, False
-            return workflow_id, False
         try:
             await client.start_workflow(
                 JourneyWorkflow.run,
@@ -176,14 +226,25 @@ async def _enter_or_feed(
             return workflow_id, True
         except WorkflowAlreadyStartedError:
             pass
-        try:
-            await client.get_workflow_handle(workflow_id).signal("event", ref)
+        if await _feed(client, workflow_id, ref):
             return workflow_id, False
-        except RPCError as exc:
-            # The entry ended between the two calls: start a new one.
-            if exc.status != RPCStatusCode.NOT_FOUND:
-                raise
+        # The entry ended between the two calls: start a new one.
     raise RuntimeError(f"{workflow_id}: could not start or signal the entry")
+
+
+async def _feed(client: Client, workflow_id: str, ref: EventRef | None) -> bool:
+    """Hand the event to the running entry; False when no entry runs. Without an event
+    (a segment entry), a running entry is left alone: it already holds the profile."""
+    handle = client.get_workflow_handle(workflow_id)
+    try:
+        if ref is None:
+            return (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
+        await handle.signal("event", ref)
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise
+        return False
+    return True
 
 
 def _not_enterable(engine: Engine, journey_id: str, event_type: str) -> str:

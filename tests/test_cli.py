@@ -128,3 +128,17 @@ def test_key_value_pairs_take_json_values_else_strings() -> None:
         "eq": "a=b",
         "empty": "",
     }
+
+
+def test_profile_changes_keep_segments_current_and_show_them(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "pro.yaml").write_text(
+        "kind: segment\nid: pro\nrule: {attribute: plan, op: eq, value: pro}\n"
+    )
+    assert run("apply", str(tmp_path / "pro.yaml"))[0] == 0
+    code, _, err = run("profiles", "set", "ada", "--attr", "plan=pro")
+    assert code == 0 and err == "", "no journey follows `pro`: Temporal is not needed"
+    code, out, _ = run("profiles", "show", "ada", "--json")
+    assert [m["segment_id"] for m in json.loads(out)["segments"]] == ["pro"]
+    run("profiles", "set", "ada", "--attr", "plan=free")
+    code, out, _ = run("profiles", "show", "ada")
+    assert "segments: —" in out

@@ -8,7 +8,7 @@ from tests.conftest import EXAMPLES
 def test_the_abandoned_cart_journey_draws_as_a_flowchart() -> None:
     [journey] = load_paths([EXAMPLES / "abandoned-cart"]).journeys
     chart = to_mermaid(journey, {"await-checkout": 2})
-    assert chart.startswith('flowchart TD\n    entry(["cart_updated"]) --> n_wait_1h')
+    assert chart.startswith('flowchart TD\n    entry(["event cart_updated"]) --> n_wait_1h')
     assert "n_vip_check -->|branch 0| n_vip_mail" in chart
     assert "n_vip_check -->|default| n_mail" in chart
     assert "n_await_checkout -->|on_timeout| n_sms" in chart

@@ -73,7 +73,8 @@ class JourneyWorkflow:
         # Events that arrived since the entry began, for `wait_for_event` to read in order.
         self._inbox: list[EventRef] = []
         self._visits: dict[str, int] = {}
-        self._exits = {e.event for e in input.journey.exit_when}
+        self._exits = {e.event for e in input.journey.exit_when if e.event}
+        self._segment_exits = input.journey.exits_on_segments()
         # Set at start by the router; kept in sync only where the profile settles.
         self._indexed_node = input.journey.start
 
@@ -119,6 +120,12 @@ class JourneyWorkflow:
         if event.type in self._exits and self._exit_reason is None:
             self._exit_reason = f"{event.type} ({event.id})"
         self._inbox.append(event)
+
+    @workflow.signal
+    def segment_exited(self, segment_id: str) -> None:
+        """The profile left a segment; an `exit_when: segment_exited` on it ends the entry."""
+        if segment_id in self._segment_exits and self._exit_reason is None:
+            self._exit_reason = f"left segment {segment_id}"
 
     @workflow.signal
     def stop(self, reason: str) -> None:

@@ -1,4 +1,4 @@
-"""journey entries (for re-entry rules) and goal conversions
+"""journey entries (for re-entry rules), goal conversions, entry by segment
 
 Revision ID: 0004
 Revises: 0003
@@ -15,6 +15,9 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("journeys") as batch:
+        batch.add_column(sa.Column("entry_segment", sa.String(length=128), nullable=True))
+        batch.create_index("ix_journeys_entry_segment", ["entry_segment"])
     op.create_table(
         "journey_entries",
         sa.Column("journey_id", sa.String(length=128), nullable=False),
@@ -41,3 +44,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("conversions")
     op.drop_table("journey_entries")
+    with op.batch_alter_table("journeys") as batch:
+        batch.drop_index("ix_journeys_entry_segment")
+        batch.drop_column("entry_segment")
