@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal
 
 from sqlalchemy.engine import Engine
 
@@ -12,11 +13,13 @@ from activities import catalog, segments
 from parcours.loader import LoadFailed, load_paths
 
 
-def apply_paths(engine: Engine, paths: Iterable[Path]) -> list[catalog.Published]:
+def apply_paths(
+    engine: Engine, paths: Iterable[Path], status: Literal["live", "draft"] = "live"
+) -> list[catalog.Published]:
     loaded = load_paths(paths, catalog.known_templates(engine), catalog.known_segments(engine))
     if loaded.errors:
         raise LoadFailed(loaded.errors)
-    results = catalog.publish(engine, loaded)
+    results = catalog.publish(engine, loaded, status)
     for result in results:
         if result.kind == "segment" and result.outcome != "unchanged":
             # A segment's first members are computed, not "entered": publishing a segment must

@@ -24,12 +24,13 @@ class Published:
     id: str
     outcome: Literal["created", "updated", "unchanged"]
     version: int | None = None
+    status: str | None = None  # a journey's, after publishing
 
     def __str__(self) -> str:
         if self.kind == "journey":
             if self.outcome == "unchanged":
-                return f"journey {self.id}: unchanged (version {self.version} is live)"
-            return f"journey {self.id}: published version {self.version} (live)"
+                return f"journey {self.id}: unchanged (version {self.version} is {self.status})"
+            return f"journey {self.id}: published version {self.version} ({self.status})"
         return f"{self.kind} {self.id}: {self.outcome}"
 
 
@@ -49,8 +50,11 @@ def known_segments(engine: Engine) -> dict[str, Segment]:
         }
 
 
-def publish(engine: Engine, loaded: LoadResult) -> list[Published]:
+def publish(
+    engine: Engine, loaded: LoadResult, status: Literal["live", "draft"] = "live"
+) -> list[Published]:
     """Save segments and templates and publish journeys in one transaction: all, or none.
+    Journeys become `status`: a draft takes no entries until it is made live (resumed).
 
     A journey whose definition and templates are unchanged since its latest version is not
     published again, so applying the same directory twice is harmless.
@@ -73,7 +77,7 @@ def publish(engine: Engine, loaded: LoadResult) -> list[Published]:
         session.flush()
         templates = {row.id: row.definition for row in session.scalars(select(TemplateRow))}
         for journey in loaded.journeys:
-            results.append(_publish_journey(session, journey, templates))
+            results.append(_publish_journey(session, journey, templates, status))
     return results
 
 
@@ -96,7 +100,7 @@ def _save(session: Session, new: SegmentRow | TemplateRow) -> Published:
 
 
 def _publish_journey(
-    session: Session, journey: Journey, templates: dict[str, dict[str, object]]
+    session: Session, journey: Journey, templates: dict[str, dict[str, object]], status: str
 ) -> Published:
     definition = journey.model_dump(mode="json")
     used = sorted({n.template for n in journey.nodes if isinstance(n, MessageNode)})
@@ -108,19 +112,21 @@ def _publish_journey(
     if row is not None:
         latest = session.get(JourneyVersionRow, (journey.id, row.current_version))
         if latest is not None and latest.checksum == checksum:
-            return Published("journey", journey.id, "unchanged", row.current_version)
+            if status == "live" and row.status == "draft":
+                row.status = "live"
+            return Published("journey", journey.id, "unchanged", row.current_version, row.status)
     version = 1 if row is None else row.current_version + 1
     if row is None:
         row = JourneyRow(
             id=journey.id,
-            status="live",
+            status=status,
             current_version=version,
             entry_event=journey.entry.event,
             entry_segment=journey.entry.segment_entered,
         )
         session.add(row)
     else:
-        row.current_version, row.status = version, "live"
+        row.current_version, row.status = version, status
         row.entry_event, row.entry_segment = journey.entry.event, journey.entry.segment_entered
     session.flush()
     session.add(
@@ -132,7 +138,9 @@ def _publish_journey(
             checksum=checksum,
         )
     )
-    return Published("journey", journey.id, "created" if version == 1 else "updated", version)
+    return Published(
+        "journey", journey.id, "created" if version == 1 else "updated", version, status
+    )
 
 
 def live_journeys_for_event(engine: Engine, event_type: str) -> list[tuple[Journey, int]]:
@@ -233,7 +241,7 @@ def journeys_exiting_on_segment(engine: Engine, segment_id: str) -> list[str]:
 # What each lifecycle command may move a journey from; publishing again makes it live.
 TRANSITIONS: dict[str, tuple[str, ...]] = {
     "paused": ("live",),
-    "live": ("paused",),
+    "live": ("paused", "draft"),
     "stopped": ("live", "paused"),
 }
 
@@ -248,7 +256,7 @@ def set_status(
             raise InputError("journey", f"no journey {journey_id!r} is published")
         previous = row.status
         if previous != status and previous not in TRANSITIONS[status]:
-            verb = {"live": "resumed", "paused": "paused", "stopped": "stopped"}[status]
+            verb = {"live": "made live", "paused": "paused", "stopped": "stopped"}[status]
             raise InputError(
                 "journey", f"journey {journey_id!r} is {previous} and cannot be {verb}"
             )

@@ -179,12 +179,18 @@ def worker(ctx: typer.Context) -> None:
 def apply_definitions(
     ctx: typer.Context,
     paths: Annotated[list[Path], typer.Argument(help="Files or directories of definitions.")],
+    draft: Annotated[
+        bool,
+        typer.Option(
+            "--draft", help="Publish journeys as drafts: no entries until `journeys resume`."
+        ),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Validate definitions and publish them: all of them, or none when any is wrong."""
     from activities.apply import apply_paths
 
-    results = apply_paths(engine(ctx), paths)
+    results = apply_paths(engine(ctx), paths, "draft" if draft else "live")
     if as_json:
         print_json([r.__dict__ for r in results])
     else:

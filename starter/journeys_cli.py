@@ -80,6 +80,34 @@ def journeys_stop(ctx: typer.Context, journey_id: JourneyId, as_json: JsonFlag =
     _change(ctx, journey_id, "stopped", as_json)
 
 
+@journeys_app.command("enter")
+@friendly
+def journeys_enter(
+    ctx: typer.Context,
+    journey_id: JourneyId,
+    profile: Annotated[str, typer.Option(help="The profile to put in the journey.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Put a profile into a journey that enters through the API (`entry: {api: true}`)."""
+    from starter.routing import enter_journey
+
+    config = settings(ctx)
+
+    async def run() -> str | None:
+        return await enter_journey(await connect(config), engine(ctx), config, journey_id, profile)
+
+    workflow_id = asyncio.run(run())
+    if as_json:
+        print_json({"journey": journey_id, "profile_id": profile, "workflow_id": workflow_id})
+    elif workflow_id:
+        out.print(f"{profile} entered {journey_id}: {workflow_id}", highlight=False)
+    else:
+        out.print(
+            f"{profile} did not enter {journey_id}: already inside, outside its audience, or its re-entry rule says no",
+            highlight=False,
+        )
+
+
 @journeys_app.command("show")
 @friendly
 def journeys_show(

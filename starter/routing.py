@@ -103,6 +103,40 @@ def _record(
     return routed, entering, listening, allowed
 
 
+async def enter_journey(
+    client: Client, engine: Engine, settings: Settings, journey_id: str, profile_id: str
+) -> str | None:
+    """Start an entry explicitly (a journey with `entry: {api: true}`), applying its audience
+    and re-entry rules; returns the workflow id, or None when the rules keep the profile out."""
+
+    def check() -> tuple[Journey, int, bool] | None:
+        found = catalog.current_journey(engine, journey_id)
+        if found is None:
+            raise InputError("journey", f"no journey {journey_id!r} is published")
+        journey, version, status = found
+        if not journey.entry.api:
+            raise InputError(
+                "journey",
+                f"journey {journey_id!r} enters on {journey.entry.describe()}, not through the API",
+            )
+        if status != "live":
+            raise InputError("journey", f"journey {journey_id!r} is {status}, not live")
+        if not _admitted(engine, [(journey, version)], None, profile_id):
+            return None
+        return journey, version, bool(may_enter(engine, [journey], profile_id))
+
+    checked = await asyncio.to_thread(check)
+    if checked is None:
+        return None
+    journey, version, allowed = checked
+    workflow_id, started = await _enter_or_feed(
+        client, settings, journey, version, None, profile_id, allowed
+    )
+    if started:
+        await asyncio.to_thread(record_entry, engine, journey.id, version, profile_id)
+    return workflow_id if started else None
+
+
 async def route_transitions(
     client: Client, engine: Engine, settings: Settings, transitions: Sequence[Transition]
 ) -> list[str]:

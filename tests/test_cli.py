@@ -47,6 +47,7 @@ def test_apply_publishes_the_example_and_then_reports_it_unchanged(run) -> None:
         "id": "welcome",
         "outcome": "unchanged",
         "version": 1,
+        "status": "live",
     }
     code, out, _ = run("journeys", "list", "--json")
     assert [(j["journey_id"], j["version"], j["status"]) for j in json.loads(out)] == [
@@ -142,3 +143,15 @@ def test_profile_changes_keep_segments_current_and_show_them(run, tmp_path: Path
     run("profiles", "set", "ada", "--attr", "plan=free")
     code, out, _ = run("profiles", "show", "ada")
     assert "segments: —" in out
+
+
+def test_a_draft_takes_no_entries_until_made_live(run) -> None:  # type: ignore[no-untyped-def]
+    code, out, _ = run("apply", "--draft", str(EXAMPLES / "welcome"))
+    assert code == 0 and "journey welcome: published version 1 (draft)" in out
+    engine = engine_for(Settings.load(run.data_dir).database_url)
+    assert catalog.live_journeys_for_event(engine, "signed_up") == []
+    code, out, _ = run("journeys", "resume", "welcome")
+    assert (code, out.strip()) == (0, "journey welcome resumed: new entries are accepted")
+    assert [j.id for j, _ in catalog.live_journeys_for_event(engine, "signed_up")] == ["welcome"]
+    code, _, err = run("journeys", "pause", "nope")
+    assert (code, err.strip()) == (1, "error: journey: no journey 'nope' is published")

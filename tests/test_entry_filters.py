@@ -12,10 +12,11 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.apply import apply_paths
 from activities.profiles import set_profile
+from parcours.errors import InputError
 from parcours.loader import load_paths
 from parcours.records import NewEvent
 from parcours.settings import Settings
-from starter.routing import send_event
+from starter.routing import enter_journey, send_event
 from tests.journeys import finish, run_worker
 
 FILTERED = """
@@ -73,3 +74,26 @@ def test_entry_rules_are_checked_in_place(tmp_path: Path) -> None:
     text = "\n".join(str(e) for e in load_paths([tmp_path / "bad.yaml"]).errors)
     assert "entry.where: inside `where`, only property rules" in text
     assert "audience: segment 'nowhere' is not defined or applied" in text
+
+
+async def test_an_api_journey_is_entered_explicitly(
+    time_skipping_env: WorkflowEnvironment,
+    client: Client,
+    engine: Engine,
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "api.yaml").write_text(
+        "kind: journey\nid: concierge\nentry: {api: true}\nre_entry: never\nstart: x\nnodes:\n  - {id: x, type: end}\n"
+    )
+    apply_paths(engine, [tmp_path / "api.yaml"])
+    assert (
+        await enter_journey(client, engine, settings, "concierge", "vip1")
+        == "journey:concierge:vip1"
+    )
+    await finish(time_skipping_env, client, "journey:concierge:vip1")
+    assert await enter_journey(client, engine, settings, "concierge", "vip1") is None, (
+        "re_entry: never"
+    )
+    with pytest.raises(InputError, match="enters on event order, not through the API"):
+        await enter_journey(client, engine, settings, "big-order-fr", "vip1")
