@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -21,11 +21,12 @@ from temporalio.worker import Worker
 from activities.apply import apply_paths
 from activities.db import engine_for
 from activities.profiles import set_profile
+from activities.segments import refresh_profile
 from parcours.plugin import ParcoursPlugin
 from parcours.records import NewEvent
 from parcours.settings import Settings
 from starter.binaries import temporal_test_server
-from starter.routing import send_event
+from starter.routing import route_transitions, send_event
 from starter.search_attributes import register
 
 ROOT = Path(__file__).parent.parent
@@ -42,6 +43,10 @@ SCENARIOS: dict[str, list[tuple[str, dict[str, object], float]]] = {
     ],
     "abandoned-cart-big-cart": [("cart_updated", {"total": 500}, 0)],
     "abandoned-cart-exit": [("cart_updated", {"total": 40}, 0), ("order_completed", {}, 0.5)],
+    # From extra-journeys.yaml: split, wait until a time and an attribute, a webhook whose
+    # receiver is down (retried, then the journey goes on), entry by segment and exit from it.
+    "tour": [("tour", {}, 0)],
+    "segment-exit": [("join_pro", {}, 0), ("leave_pro", {}, 2)],
 }
 
 
@@ -58,13 +63,15 @@ async def record() -> None:
                 update={"task_queue": f"record-{uuid.uuid4()}"}
             )
             engine = engine_for(settings.database_url)
-            apply_paths(engine, [ROOT / "examples"])
+            apply_paths(engine, [ROOT / "examples", HISTORIES / "extra-journeys.yaml"])
+            birthday = (datetime.now(UTC) + timedelta(days=3)).replace(microsecond=0)
             set_profile(
                 engine,
                 "ada",
                 email="ada@example.com",
                 phone="+33612345678",
-                attributes={"vip": "vip" in name},
+                timezone="Europe/Paris",
+                attributes={"vip": "vip" in name, "birthday": birthday.isoformat()},
             )
             config = env.client.config()
             config["plugins"] = [ParcoursPlugin(settings)]
@@ -74,13 +81,15 @@ async def record() -> None:
                 for kind, properties, hours in events:
                     if hours:
                         await env.sleep(timedelta(hours=hours))
-                    routed = await send_event(
-                        client,
-                        engine,
-                        settings,
-                        NewEvent(type=kind, profile_id="ada", properties=properties),
-                    )
-                    workflow_id = workflow_id or routed.journeys[0]
+                    if kind in ("join_pro", "leave_pro"):
+                        plan = "pro" if kind == "join_pro" else "free"
+                        set_profile(engine, "ada", attributes={"plan": plan})
+                        changes = refresh_profile(engine, "ada", profile_changed=True)
+                        reached = await route_transitions(client, engine, settings, changes)
+                    else:
+                        event = NewEvent(type=kind, profile_id="ada", properties=properties)
+                        reached = (await send_event(client, engine, settings, event)).journeys
+                    workflow_id = workflow_id or reached[0]
                 handle = client.get_workflow_handle(workflow_id)
                 while (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
                     await env.sleep(timedelta(hours=1))
