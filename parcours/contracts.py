@@ -27,18 +27,32 @@ class EventRef(BaseModel):
     timestamp: datetime
 
 
-class JourneyInput(BaseModel):
-    journey: Journey
-    version: int
-    profile_id: str
-    entry_event: EventRef | None = None
-
-
 class Step(BaseModel):
     node: str
     type: str
     entered_at: datetime
     outcome: str | None = None
+
+
+class Resume(BaseModel):
+    """Where a journey entry picks up after continuing as new."""
+
+    node: str
+    indexed_node: str
+    seen: list[str]
+    visits: dict[str, int]
+    path: list[Step]
+
+
+class JourneyInput(BaseModel):
+    journey: Journey
+    version: int
+    profile_id: str
+    entry_event: EventRef | None = None
+    resume: Resume | None = None
+    # Past this many history events the entry continues as new at its next node, so a journey
+    # that loops for months keeps a short history (Temporal suggests it near 10,000 anyway).
+    history_limit: int = 2000
 
 
 class JourneyPosition(BaseModel):

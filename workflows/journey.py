@@ -26,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
         EventRef,
         JourneyInput,
         JourneyPosition,
+        Resume,
         RulesInput,
         SendMessageInput,
         Step,
@@ -58,6 +59,8 @@ WEBHOOK_RETRY = RetryPolicy(
 )
 # Seen event ids are kept to drop redelivered signals; the bound keeps the state small.
 MAX_SEEN_EVENTS = 100
+# The path a continued entry keeps: enough to read where it has been lately.
+MAX_PATH_CARRIED = 50
 
 
 @workflow.defn(name="JourneyWorkflow")
@@ -77,6 +80,11 @@ class JourneyWorkflow:
         self._segment_exits = input.journey.exits_on_segments()
         # Set at start by the router; kept in sync only where the profile settles.
         self._indexed_node = input.journey.start
+        if input.resume is not None:
+            self._seen = input.resume.seen
+            self._visits = input.resume.visits
+            self._path = input.resume.path
+            self._indexed_node = input.resume.indexed_node
 
     @workflow.run
     async def run(self, input: JourneyInput) -> JourneyPosition:
@@ -90,8 +98,10 @@ class JourneyWorkflow:
             WebhookNode: self._webhook,
             EndNode: self._end,
         }
-        node_id: str | None = input.journey.start
+        node_id: str | None = input.resume.node if input.resume else input.journey.start
         while node_id is not None:
+            if self._history_too_long():
+                self._continue_as_new(node_id)
             node = input.journey.node(node_id)
             self._enter(node_id, node.type)
             step = asyncio.ensure_future(handlers[type(node)](node))
@@ -109,6 +119,25 @@ class JourneyWorkflow:
             node_id = step.result()
         self._finished = True
         return self.position()
+
+    def _history_too_long(self) -> bool:
+        info = workflow.info()
+        return (
+            info.is_continue_as_new_suggested()
+            or info.get_current_history_length() > self._input.history_limit
+        )
+
+    def _continue_as_new(self, node_id: str) -> None:
+        """Carry the entry into a fresh history at `node_id`: the ids it has seen, the visits
+        that keep idempotency keys apart, and the last steps of its path."""
+        resume = Resume(
+            node=node_id,
+            indexed_node=self._indexed_node,
+            seen=self._seen,
+            visits=self._visits,
+            path=self._path[-MAX_PATH_CARRIED:],
+        )
+        workflow.continue_as_new(self._input.model_copy(update={"resume": resume}))
 
     @workflow.signal
     def event(self, event: EventRef) -> None:
