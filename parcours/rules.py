@@ -39,7 +39,10 @@ def category(value: Any) -> str | None:
 
 
 class _Rule(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # Dumped by alias (`not`, never `not_`) so a stored rule reads back as the user wrote it.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True
+    )
 
 
 class _Comparison(_Rule):
@@ -53,7 +56,7 @@ class _Comparison(_Rule):
             if value is not None:
                 raise ValueError(f"`{op}` takes no value")
         elif op == "within_last":
-            object.__setattr__(self, "value", parse_duration(value))
+            parse_duration(value)  # kept as written, so it reads back the same
         elif op in ("in", "not_in"):
             if not isinstance(value, list) or not value:
                 raise ValueError(f"`{op}` takes a non-empty list of values")
@@ -83,8 +86,7 @@ class _Comparison(_Rule):
 
     @property
     def window(self) -> timedelta:
-        assert isinstance(self.value, timedelta)
-        return self.value
+        return parse_duration(self.value)
 
 
 class AttributeRule(_Comparison):

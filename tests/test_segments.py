@@ -169,3 +169,19 @@ def test_a_bad_segment_publishes_nothing(engine: Engine, tmp_path: Path) -> None
     from activities.catalog import known_segments
 
     assert known_segments(engine) == {}
+
+
+def test_published_rules_read_back_as_written(engine: Engine, tmp_path: Path) -> None:
+    from activities.catalog import known_segments
+
+    (tmp_path / "s.yaml").write_text(
+        "kind: segment\nid: lapsed\n"
+        "rule: {not: {attribute: last_seen, op: within_last, value: 400d}}\n"
+    )
+    apply_paths(engine, [tmp_path / "s.yaml"])
+    rule = known_segments(engine)["lapsed"].rule.model_dump(mode="json")
+    assert rule == {"not": {"attribute": "last_seen", "op": "within_last", "value": "400d"}}
+    set_profile(engine, "old", attributes={"last_seen": "2020-01-01T00:00:00Z"})
+    assert [t.segment_id for t in refresh_profile(engine, "old", profile_changed=True)] == [
+        "lapsed"
+    ]
