@@ -531,7 +531,7 @@ Measured by `bench/journeys.py` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC (the r
 
 ### Throughput
 
-Each round starts {results.entries} entries by signal-with-start, {results.concurrency} sends in flight, and is timed from the first send until every entry has completed. The journey (`message` by email to the outbox, then `end`) is entered through `send_event`, which records the event first, and runs on the `ParcoursPlugin` worker; the baseline is a bare workflow running one trivial activity, no store, on its own task queue and worker. Baseline and journey rounds alternate after an uncounted warm-up of each; the ratio's spread pairs each journey round with the baseline round before it.
+Each round starts {results.entries} entries ({"baseline by signal-with-start, journeys by `send_event`: a plain start, a signal only when an entry already runs"}), {results.concurrency} sends in flight, and is timed from the first send until every entry has completed. The journey (`message` by email to the outbox, then `end`) is entered through `send_event`, which records the event first, and runs on the `ParcoursPlugin` worker; the baseline is a bare workflow running one trivial activity, no store, on its own task queue and worker. Baseline and journey rounds alternate after an uncounted warm-up of each; the ratio's spread pairs each journey round with the baseline round before it.
 
 {rounds_table(results)}
 

@@ -481,7 +481,7 @@ def _prop(name: str, op: str, value: Any) -> dict[str, Any]:
 
 
 EU = ["FR", "DE", "ES", "IT", "NL", "BE"]
-# The five cases first, then variations: 50 segments, 10 on attributes only, the others
+# The five cases first, then variations: 50 segments, 14 on attributes only, the others
 # reading events (directly, through `where`, or through segment references).
 SEGMENTS: dict[str, dict[str, Any]] = {
     "plan-pro": _attr("plan", "eq", "pro"),
