@@ -5,7 +5,7 @@
 One run starts its own Temporal dev server (the installed `temporal` binary, in-memory store,
 127.0.0.1 only) and a Parcours store (SQLite in a temp dir), then:
 
-1. alternates baseline and journey rounds: the same number of entries, fed by signal-with-start
+1. alternates baseline and journey rounds: the same number of entries, fed by signal-with-start (baseline) and `send_event` (journeys)
    with the same bounded concurrency, each round timed from the first send until every entry
    has completed. The journey is `message` (email, to the outbox) then `end`, entered through
    `send_event` and run by the real `ParcoursPlugin` worker; the baseline is the bare workflow
