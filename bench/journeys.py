@@ -64,6 +64,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # the `bench` package (see bench/__init__.py for why it does not live in this file).
 sys.path.insert(0, str(ROOT))
 from bench import BASELINE_QUEUE, BaselineWorkflow, touch  # noqa: E402
+from bench.report import write_docs  # noqa: E402
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Journeys"
@@ -558,23 +559,6 @@ def cpu_note(results: Results) -> str:
     )
 
 
-def write_docs(path: Path, text: str) -> None:
-    """Replace this script's section, keeping the title and every other section as they are."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        header = "# Benchmarks\n\nEach `##` section is written by the script it names: run that script again to refresh it.\n"
-        path.write_text(f"{header}\n{text}")
-        return
-    lines = path.read_text().splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    if start is None:
-        path.write_text("".join(lines).rstrip("\n") + "\n\n" + text)
-        return
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    rest = "".join(lines[end:])
-    path.write_text("".join(lines[:start]) + text + ("\n" + rest if rest else ""))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description="Journey throughput and Temporal actions.")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of each kind")
@@ -587,7 +571,7 @@ def main() -> None:
     results = asyncio.run(run(args.rounds, args.entries, args.concurrency, args.wait_entries))
     print(f"\n{summary_table(results)}\n\n{cost_table(results)}\n{cpu_note(results)}\n")
     print(f"{actions_table(results)}\n")
-    write_docs(args.docs, section(results))
+    write_docs(args.docs, SECTION, section(results))
     print(f"{args.docs}: section {SECTION!r} rewritten; the run took {results.seconds:.0f} s")
 
 

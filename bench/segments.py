@@ -71,6 +71,10 @@ from parcours.definitions import Segment
 from parcours.loader import LoadFailed, load_paths
 
 ROOT = Path(__file__).resolve().parent.parent
+# Run as a script, only bench/ itself is on sys.path.
+sys.path.insert(0, str(ROOT))
+from bench.report import write_docs  # noqa: E402
+
 DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Segments"
 # Spreads are typeset "min, en dash, max"; spelt out because ruff flags the character itself.
@@ -1161,23 +1165,6 @@ Resident memory of the benchmark process (Python, SQLite's page cache and sorter
 """
 
 
-def write_docs(path: Path, text: str) -> None:
-    """Replace this script's section, keeping the title and every other section as they are."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        header = "# Benchmarks\n\nEach `##` section is written by the script it names: run that script again to refresh it.\n"
-        path.write_text(f"{header}\n{text}")
-        return
-    lines = path.read_text().splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    if start is None:
-        path.write_text("".join(lines).rstrip("\n") + "\n\n" + text)
-        return
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    rest = "".join(lines[end:])
-    path.write_text("".join(lines[:start]) + text + ("\n" + rest if rest else ""))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description="Segment evaluation: batch, streaming, load.")
     parser.add_argument("--profiles", type=int, default=1_000_000, help="profiles in the hub")
@@ -1207,7 +1194,7 @@ def main() -> None:
     print(f"\n{summary_table(results)}\n\n{batch_table(results)}\n")
     print(f"{stream_table(results)}\n\n{breakdown_table(results)}\n")
     print(f"rebuild: {rebuild_line(results)}\n\n{load_table(results)}\n\n{memory_table(results)}\n")
-    write_docs(args.docs, section(results))
+    write_docs(args.docs, SECTION, section(results))
     print(f"{args.docs}: section {SECTION!r} rewritten; the run took {results.seconds:.0f} s")
 
 
