@@ -8,10 +8,10 @@ from typing import Literal
 
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
-from temporalio.service import RPCError, RPCStatusCode
 
 from activities import catalog
 from parcours import search_attributes as sa
+from starter.routing import signal_entry
 
 # Signals in flight at once when a stop reaches every entry: enough to be quick, few enough
 # not to flood the frontend.
@@ -35,13 +35,7 @@ async def set_status(
 
     async def stop(workflow_id: str) -> bool:
         async with gate:
-            try:
-                await client.get_workflow_handle(workflow_id).signal("stop", "journey stopped")
-            except RPCError as exc:
-                if exc.status == RPCStatusCode.NOT_FOUND:  # it finished meanwhile
-                    return False
-                raise
-            return True
+            return await signal_entry(client, workflow_id, "stop", "journey stopped")
 
     return sum(await asyncio.gather(*(stop(w) for w in ids)))
 

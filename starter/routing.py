@@ -1,7 +1,7 @@
 """Events in: store the event, then start or feed the journeys it concerns.
 
-Each journey entry has a deterministic workflow id, so signal-with-start either starts the
-entry or signals the one already running: the same profile never has two live entries.
+Each journey entry has a deterministic workflow id: an event either starts the entry or is
+signalled to the one already running, so the same profile never has two live entries.
 """
 
 from __future__ import annotations
@@ -68,13 +68,8 @@ async def send_event(
     # Entries already running that wait for this event, or leave on it.
     for listener in listening:
         workflow_id = journey_workflow_id(listener, event.profile_id)
-        try:
-            await client.get_workflow_handle(workflow_id).signal("event", ref)
-        except RPCError as exc:
-            if exc.status != RPCStatusCode.NOT_FOUND:  # not found: the profile is not inside
-                raise
-            continue
-        routed.journeys.append(workflow_id)
+        if await signal_entry(client, workflow_id, "event", ref):
+            routed.journeys.append(workflow_id)
     return routed
 
 
@@ -157,19 +152,13 @@ async def route_transitions(
                         record_entry, engine, journey.id, version, transition.profile_id
                     )
             continue
-        for journey_id in await asyncio.to_thread(
+        exiting = await asyncio.to_thread(
             catalog.journeys_exiting_on_segment, engine, transition.segment_id
-        ):
+        )
+        for journey_id in exiting:
             workflow_id = journey_workflow_id(journey_id, transition.profile_id)
-            try:
-                await client.get_workflow_handle(workflow_id).signal(
-                    "segment_exited", transition.segment_id
-                )
-            except RPCError as exc:
-                if exc.status != RPCStatusCode.NOT_FOUND:  # not found: the profile is not inside
-                    raise
-                continue
-            reached.append(workflow_id)
+            if await signal_entry(client, workflow_id, "segment_exited", transition.segment_id):
+                reached.append(workflow_id)
     return reached
 
 
@@ -269,11 +258,21 @@ async def _enter_or_feed(
 async def _feed(client: Client, workflow_id: str, ref: EventRef | None) -> bool:
     """Hand the event to the running entry; False when no entry runs. Without an event
     (a segment entry), a running entry is left alone: it already holds the profile."""
-    handle = client.get_workflow_handle(workflow_id)
+    if ref is not None:
+        return await signal_entry(client, workflow_id, "event", ref)
     try:
-        if ref is None:
-            return (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
-        await handle.signal("event", ref)
+        description = await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise
+        return False
+    return description.status == WorkflowExecutionStatus.RUNNING
+
+
+async def signal_entry(client: Client, workflow_id: str, name: str, arg: object) -> bool:
+    """Signal a running entry; False when the profile is not inside (no such entry runs)."""
+    try:
+        await client.get_workflow_handle(workflow_id).signal(name, arg)
     except RPCError as exc:
         if exc.status != RPCStatusCode.NOT_FOUND:
             raise

@@ -77,5 +77,5 @@ async def test_pause_resume_and_stop(
             assert position.exit_reason == "journey stopped"
             assert position.path[-1].outcome == "exited: journey stopped"
         assert await join("d") == []
-        with pytest.raises(InputError, match="is stopped and cannot be resumed"):
+        with pytest.raises(InputError, match="is stopped and cannot be made live"):
             await set_status(client, engine, journey, "live")
