@@ -119,6 +119,7 @@ def journeys_show(
     """The journey's nodes, status, and how many profiles are at each node now."""
     from activities.catalog import current_journey
     from activities.goals import conversion_counts
+    from parcours.durations import format_duration
     from starter.lifecycle import where_profiles_are
 
     found = current_journey(engine(ctx), journey_id)
@@ -173,7 +174,10 @@ def journeys_show(
         )
     out.print(table)
     if journey.goal is not None:
-        out.print(f"goal: {journey.goal.event} within {journey.goal.within}", highlight=False)
+        out.print(
+            f"goal: {journey.goal.event} within {format_duration(journey.goal.within)}",
+            highlight=False,
+        )
         for version, report in conversions.items():
             splits = "; ".join(
                 f"{node}: " + ", ".join(f"{name} {count}" for name, count in sorted(counts.items()))
