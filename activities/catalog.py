@@ -42,12 +42,22 @@ def known_templates(engine: Engine) -> dict[str, Template]:
         }
 
 
+# Parsed segments by id, with the stored JSON they came from: every event reads all segments,
+# and validating them again each time cost more than evaluating them.
+_parsed_segments: dict[str, tuple[dict[str, Any], Segment]] = {}
+
+
 def known_segments(engine: Engine) -> dict[str, Segment]:
     with Session(engine) as session:
-        return {
-            row.id: Segment.model_validate(row.definition)
-            for row in session.scalars(select(SegmentRow))
-        }
+        rows = session.execute(select(SegmentRow.id, SegmentRow.definition)).all()
+    segments: dict[str, Segment] = {}
+    for segment_id, definition in rows:
+        cached = _parsed_segments.get(segment_id)
+        if cached is None or cached[0] != definition:
+            cached = (definition, Segment.model_validate(definition))
+            _parsed_segments[segment_id] = cached
+        segments[segment_id] = cached[1]
+    return segments
 
 
 def publish(

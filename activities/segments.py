@@ -23,6 +23,9 @@ from parcours.definitions import Segment
 from parcours.evaluate import EventFacts, ProfileFacts, matches
 from parcours.rules import AttributeRule, ConsentRule, EventRule, SegmentRef, children
 
+# Ids per IN list: well under SQLite's and PostgreSQL's parameter limits.
+CHUNK = 500
+
 
 @dataclass(frozen=True)
 class Transition:
@@ -162,8 +165,9 @@ def _record(
 ) -> list[Transition]:
     transitions: list[Transition] = []
     with Session(engine) as session, session.begin():
+        existing = _memberships(session, states.keys())
         for (segment_id, profile_id), inside in sorted(states.items()):
-            row = session.get(MembershipRow, (segment_id, profile_id))
+            row = existing.get((segment_id, profile_id))
             if row is None:
                 if inside:
                     session.add(
@@ -183,6 +187,28 @@ def _record(
                     row.exited_at = now
                 transitions.append(Transition(segment_id, profile_id, inside, now))
     return transitions
+
+
+def _memberships(
+    session: Session, keys: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], MembershipRow]:
+    """The membership rows for these (segment, profile) pairs, read in a few queries: one
+    profile's segments after an event, or one segment's profiles in a batch rebuild."""
+    keys = set(keys)
+    segment_ids = sorted({s for s, _ in keys})
+    profile_ids = sorted({p for _, p in keys})
+    found: dict[tuple[str, str], MembershipRow] = {}
+    for start in range(0, len(profile_ids), CHUNK):
+        rows = session.scalars(
+            select(MembershipRow).where(
+                MembershipRow.segment_id.in_(segment_ids),
+                MembershipRow.profile_id.in_(profile_ids[start : start + CHUNK]),
+            )
+        )
+        found.update(
+            {(r.segment_id, r.profile_id): r for r in rows if (r.segment_id, r.profile_id) in keys}
+        )
+    return found
 
 
 def forget_segment(engine: Engine, segment_id: str) -> None:
