@@ -24,8 +24,6 @@ import argparse
 import asyncio
 import os
 import platform
-import re
-import shlex
 import statistics
 import subprocess
 import sys
@@ -64,7 +62,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # the `bench` package (see bench/__init__.py for why it does not live in this file).
 sys.path.insert(0, str(ROOT))
 from bench import BASELINE_QUEUE, BaselineWorkflow, touch  # noqa: E402
-from bench.report import write_docs  # noqa: E402
+from bench.report import DASH, command, machine, spread, verdict, write_docs  # noqa: E402
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Journeys"
@@ -78,7 +76,6 @@ ROUND_TIMEOUT = 180.0
 # Completed entries whose histories are read for the action counts.
 HISTORY_SAMPLE = 5
 # Spreads are typeset "min, en dash, max"; spelt out because ruff flags the character itself.
-DASH = "\N{EN DASH}"
 
 DEFINITIONS = """
 kind: template
@@ -395,16 +392,8 @@ async def measure(
 # --- reporting ------------------------------------------------------------------------------
 
 
-def spread(values: Sequence[float], digits: int = 1) -> str:
-    return f"{min(values):.{digits}f}{DASH}{max(values):.{digits}f}"
-
-
 def count(value: float) -> str:
     return str(int(value)) if value == int(value) else f"{value:.2f}"
-
-
-def verdict(ok: bool) -> str:
-    return "met" if ok else "**missed**"
 
 
 def cpu_per_entry(rounds: Sequence[Round]) -> tuple[float, float | None]:
@@ -414,28 +403,11 @@ def cpu_per_entry(rounds: Sequence[Round]) -> tuple[float, float | None]:
     return python, statistics.median(server) if server else None
 
 
-def machine() -> str:
-    cpus = len(os.sched_getaffinity(0))  # what `nproc` prints
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
-    meminfo = Path("/proc/meminfo").read_text()
-    kib = re.search(r"^MemTotal:\s*(\d+)", meminfo, re.MULTILINE)
-    cpu = model.group(1).strip() if model else platform.processor() or "CPU unknown"
-    ram = f"{int(kib.group(1)) / 2**20:.1f} GiB RAM" if kib else "RAM unknown"
-    return f"`nproc` {cpus}, {cpu}, {ram}"
-
-
 def versions() -> str:
     cli = subprocess.run(
         [str(temporal_cli()), "--version"], capture_output=True, text=True, check=False
     ).stdout.strip()
     return f"Python {platform.python_version()}, temporalio {temporalio.__version__}, {cli}"
-
-
-def command() -> str:
-    python = Path(sys.executable)
-    shown = python.relative_to(ROOT) if python.is_relative_to(ROOT) else python
-    return shlex.join([str(shown), *sys.argv])
 
 
 def summary_table(results: Results) -> str:
@@ -449,9 +421,9 @@ def summary_table(results: Results) -> str:
             f"| figure | goal | median | spread (min{DASH}max) | |",
             "|---|---|---|---|---|",
             f"| journey entries/s (message → end) | — | {statistics.median(journey):.1f} "
-            f"| {spread(journey)} | |",
+            f"| {spread(journey, 1)} | |",
             f"| baseline entries/s (bare workflow, one activity) | — "
-            f"| {statistics.median(baseline):.1f} | {spread(baseline)} | |",
+            f"| {statistics.median(baseline):.1f} | {spread(baseline, 1)} | |",
             f"| median(journey) / median(baseline) | ≥ 0.8 | {ratio:.2f} "
             f"| {spread(rounds.ratios(), 2)} | {verdict(ratio >= 0.8)} |",
             f"| Temporal actions per entry, wait → message → end | ≤ 4 | {count(waited.total)} "

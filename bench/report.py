@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import platform
+import re
+import shlex
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
+DASH = "\N{EN DASH}"
 HEADER = "# Benchmarks\n\nEach `##` section is written by the script it names: run that script again to refresh it.\n"
 
 
@@ -22,3 +30,29 @@ def write_docs(path: Path, section: str, text: str) -> None:
     end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
     rest = "".join(lines[end:])
     path.write_text("".join(lines[:start]) + text + ("\n" + rest if rest else ""))
+
+
+def spread(values: Sequence[float], digits: int = 2) -> str:
+    return f"{min(values):.{digits}f}{DASH}{max(values):.{digits}f}"
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def machine() -> str:
+    cpus = len(os.sched_getaffinity(0))  # what `nproc` prints
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+    meminfo = Path("/proc/meminfo").read_text()
+    kib = re.search(r"^MemTotal:\s*(\d+)", meminfo, re.MULTILINE)
+    cpu = model.group(1).strip() if model else platform.processor() or "CPU unknown"
+    ram = f"{int(kib.group(1)) / 2**20:.1f} GiB RAM" if kib else "RAM unknown"
+    return f"`nproc` {cpus}, {cpu}, {ram}"
+
+
+def command() -> str:
+    """The command line that ran this benchmark, as a reader would type it again."""
+    python = Path(sys.executable)
+    shown = python.relative_to(ROOT) if python.is_relative_to(ROOT) else python
+    return shlex.join([str(shown), *sys.argv])

@@ -39,7 +39,6 @@ import pstats
 import random
 import re
 import resource
-import shlex
 import shutil
 import socket
 import sqlite3
@@ -73,12 +72,11 @@ from parcours.loader import LoadFailed, load_paths
 ROOT = Path(__file__).resolve().parent.parent
 # Run as a script, only bench/ itself is on sys.path.
 sys.path.insert(0, str(ROOT))
-from bench.report import write_docs  # noqa: E402
+from bench.report import DASH, command, machine, spread, verdict, write_docs  # noqa: E402
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Segments"
 # Spreads are typeset "min, en dash, max"; spelt out because ruff flags the character itself.
-DASH = "\N{EN DASH}"
 TABLES = Base.metadata.tables
 
 # Every rule and every event is relative to this instant, so the data, the members and the
@@ -924,37 +922,12 @@ def run(options: Options) -> Results:
 # --- reporting ------------------------------------------------------------------------------
 
 
-def spread(values: Sequence[float], digits: int = 2) -> str:
-    return f"{min(values):.{digits}f}{DASH}{max(values):.{digits}f}"
-
-
-def verdict(ok: bool) -> str:
-    return "met" if ok else "**missed**"
-
-
-def machine() -> str:
-    cpus = len(os.sched_getaffinity(0))  # what `nproc` prints
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
-    meminfo = Path("/proc/meminfo").read_text()
-    kib = re.search(r"^MemTotal:\s*(\d+)", meminfo, re.MULTILINE)
-    cpu = model.group(1).strip() if model else platform.processor() or "CPU unknown"
-    ram = f"{int(kib.group(1)) / 2**20:.1f} GiB RAM" if kib else "RAM unknown"
-    return f"`nproc` {cpus}, {cpu}, {ram}"
-
-
 def versions(results: Results) -> str:
     stores = ", ".join(f"{s.label} {s.version}" for s in results.stores)
     return (
         f"Python {platform.python_version()}, SQLAlchemy {sqlalchemy.__version__}, "
         f"psycopg {psycopg.__version__}, {stores}"
     )
-
-
-def command() -> str:
-    python = Path(sys.executable)
-    shown = python.relative_to(ROOT) if python.is_relative_to(ROOT) else python
-    return shlex.join([str(shown), *sys.argv])
 
 
 def seconds(values: Sequence[float]) -> str:
