@@ -14,7 +14,7 @@ from activities import catalog, events, ledger, profiles
 from activities.bound import BoundActivities
 from activities.channels.base import OutgoingEmail, ProviderError
 from activities.channels.email import SendGridEmail
-from activities.rendering import RenderError, render
+from activities.rendering import RenderError, render, template_context
 from parcours.contracts import DeliveryResult, SendMessageInput
 
 
@@ -68,15 +68,9 @@ class DeliveryActivities(BoundActivities):
         if template is None:
             return settle("failed", f"template {request.template!r} is not published")
         event = events.get_event(self.engine, request.event_id) if request.event_id else None
-        context = {
-            "profile": profile.model_dump(mode="json"),
-            "event": event.model_dump(mode="json") if event else {},
-            "journey": {
-                "id": request.journey_id,
-                "version": request.journey_version,
-                "node": request.node_id,
-            },
-        }
+        context = template_context(
+            profile, event, request.journey_id, request.journey_version, request.node_id
+        )
         try:
             rendered = render(template, context)
         except RenderError as exc:

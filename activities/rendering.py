@@ -34,6 +34,17 @@ def _environment(autoescape: bool) -> ImmutableSandboxedEnvironment:
     return ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=autoescape)
 
 
+def template_context(
+    profile: Any, event: Any, journey_id: str | None, version: int | None, node_id: str | None
+) -> dict[str, Any]:
+    """What every template sees: the profile, the entry event and where in the journey it is."""
+    return {
+        "profile": profile.model_dump(mode="json"),
+        "event": event.model_dump(mode="json") if event else {},
+        "journey": {"id": journey_id, "version": version, "node": node_id},
+    }
+
+
 @lru_cache(maxsize=1024)
 def _compiled(source: str, autoescape: bool) -> JinjaTemplate:
     # Compiling is most of a render's cost, and templates are immutable once published.

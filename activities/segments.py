@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -209,15 +209,6 @@ def _memberships(
             {(r.segment_id, r.profile_id): r for r in rows if (r.segment_id, r.profile_id) in keys}
         )
     return found
-
-
-def forget_segment(engine: Engine, segment_id: str) -> None:
-    with Session(engine) as session, session.begin():
-        session.execute(
-            update(MembershipRow)
-            .where(MembershipRow.segment_id == segment_id, MembershipRow.active)
-            .values(active=False, exited_at=utcnow())
-        )
 
 
 @dataclass(frozen=True)

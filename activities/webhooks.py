@@ -16,8 +16,9 @@ from temporalio.exceptions import ApplicationError
 
 from activities import events, profiles
 from activities.bound import BoundActivities
-from activities.rendering import RenderError, render_text
+from activities.rendering import RenderError, render_text, template_context
 from parcours.contracts import WebhookInput, WebhookResult
+from parcours.records import Profile
 
 
 class WebhookActivities(BoundActivities):
@@ -30,17 +31,13 @@ class WebhookActivities(BoundActivities):
         if request.body is not None:
             profile = profiles.get_profile(self.engine, request.profile_id)
             event = events.get_event(self.engine, request.event_id) if request.event_id else None
-            context = {
-                "profile": profile.model_dump(mode="json")
-                if profile
-                else {"id": request.profile_id},
-                "event": event.model_dump(mode="json") if event else {},
-                "journey": {
-                    "id": request.journey_id,
-                    "version": request.journey_version,
-                    "node": request.node_id,
-                },
-            }
+            context = template_context(
+                profile or Profile(id=request.profile_id),
+                event,
+                request.journey_id,
+                request.journey_version,
+                request.node_id,
+            )
             try:
                 data = render_text(
                     f"webhook {request.node_id} body", request.body, context

@@ -28,11 +28,6 @@ class Problem:
     message: str
 
 
-def successors(node: AnyNode) -> list[tuple[str, str]]:
-    """(field, target node id) for each edge leaving a node."""
-    return node.edges()
-
-
 def validate_journey(
     journey: Journey,
     templates: Mapping[str, Template],
@@ -74,7 +69,7 @@ def validate_journey(
         )
 
     for i, node in enumerate(journey.nodes):
-        for field, target in successors(node):
+        for field, target in node.edges():
             if target not in index:
                 problems.append(
                     Problem(
@@ -120,7 +115,7 @@ def _reachable(journey: Journey, index: Mapping[str, int]) -> set[str]:
         if node_id in seen or node_id not in index:
             continue
         seen.add(node_id)
-        stack.extend(target for _, target in successors(journey.nodes[index[node_id]]))
+        stack.extend(target for _, target in journey.nodes[index[node_id]].edges())
     return seen
 
 
@@ -134,7 +129,7 @@ def _instant_cycles(journey: Journey, index: Mapping[str, int]) -> list[Problem]
 
     def visit(node_id: str, trail: list[str]) -> None:
         state[node_id] = 1
-        for _, target in successors(journey.nodes[index[node_id]]):
+        for _, target in journey.nodes[index[node_id]].edges():
             if target not in index or target in waiting:
                 continue
             if state.get(target) == 1:

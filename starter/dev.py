@@ -20,9 +20,10 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from rich.console import Console
+from temporalio.common import SearchAttributeKey
 
 from parcours import search_attributes as sa
 from parcours.settings import Settings, write_config
@@ -283,8 +284,9 @@ class DevStack:
             self._lock = None
 
 
-def _type_name(key: object) -> str:
-    return "Int" if key is sa.JOURNEY_VERSION else "Keyword"
+def _type_name(key: SearchAttributeKey[Any]) -> str:
+    # The CLI's names for the types: KEYWORD -> Keyword, INT -> Int.
+    return key.indexed_value_type.name.capitalize()
 
 
 def _port_free(port: int) -> bool:

@@ -141,8 +141,8 @@ class JourneyWorkflow:
 
     @workflow.signal
     def event(self, event: EventRef) -> None:
-        """A later event of this profile. The entry event comes with the start, and the
-        signal that carried it is dropped here."""
+        """A later event of this profile. Ids already seen (the entry event, a redelivered
+        event) are dropped."""
         if event.id in self._seen:
             return
         self._seen = [*self._seen, event.id][-MAX_SEEN_EVENTS:]
