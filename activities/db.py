@@ -182,8 +182,37 @@ class DeliveryRow(Base):
     subject: Mapped[str | None] = mapped_column(Text)
     body: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(default=0)
+    # Transactional messages bypass frequency caps and quiet hours.
+    priority: Mapped[str] = mapped_column(String(16), default="marketing")
+    # When the provider was called: what frequency caps count.
+    sent_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (
+        Index("ix_deliveries_profile_channel_sent", "profile_id", "channel", "sent_at"),
+    )
+
+
+class SuppressionRow(Base):
+    """An address no message may go to on a channel (a STOP reply, a bounce, a spam report),
+    whichever profile holds it now or later."""
+
+    __tablename__ = "suppressions"
+    channel: Mapped[str] = mapped_column(String(16), primary_key=True)
+    address: Mapped[str] = mapped_column(String(320), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(32))
+    source: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ProviderEventRow(Base):
+    """A provider callback already applied: a replayed one changes nothing."""
+
+    __tablename__ = "provider_events"
+    provider: Mapped[str] = mapped_column(String(32), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

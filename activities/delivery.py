@@ -1,36 +1,33 @@
-"""The `send_message` activity: render, check reachability, claim, send, record."""
+"""The `send_message` activity: claim, render, admit (consent, suppression, quiet hours,
+caps), send, record."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
 from functools import cached_property
-from typing import Any
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import catalog, events, ledger, profiles
+from activities import catalog, events, ledger, profiles, suppression
 from activities.bound import BoundActivities
-from activities.channels.base import OutgoingEmail, ProviderError
-from activities.channels.email import SendGridEmail
+from activities.channels import configured_senders
+from activities.channels.base import Outgoing, ProviderError, Sender
+from activities.db import utcnow
+from activities.profiles import write_session
 from activities.rendering import RenderError, render, template_context
-from parcours.contracts import DeliveryResult, SendMessageInput
+from activities.unsubscribe import unsubscribe_url
+from parcours.contracts import DeliveryResult, DeliveryStatus, SendMessageInput
+from parcours.records import Profile
 
 
 class DeliveryActivities(BoundActivities):
     """Delivery, bound to one store and one set of provider credentials."""
 
     @cached_property
-    def email_provider(self) -> SendGridEmail | None:
-        key = self.settings.sendgrid_api_key
-        if key is None:
-            return None
-        return SendGridEmail(
-            key.get_secret_value(),
-            base_url=self.settings.sendgrid_url,
-            timeout=self.settings.provider_timeout_seconds,
-        )
+    def senders(self) -> dict[str, Sender]:
+        return configured_senders(self.settings)
 
     @activity.defn(name="send_message")
     async def send_message(self, request: SendMessageInput) -> DeliveryResult:
@@ -38,25 +35,25 @@ class DeliveryActivities(BoundActivities):
         return await asyncio.to_thread(self._send, request)
 
     def _send(self, request: SendMessageInput) -> DeliveryResult:
-        claim = ledger.claim(self.engine, request)
+        # The later of the two clocks: the workflow's runs ahead on a time-skipping server, the
+        # wall clock is ahead when this is a retry long after the workflow asked.
+        now = max(request.now or utcnow(), utcnow())
+        claim = ledger.claim(self.engine, request, now)
         if claim.settled is not None:
             activity.logger.info(
                 "delivery %s already settled: %s", claim.delivery_id, claim.settled.status
             )
             return claim.settled
 
-        def settle(status: Any, reason: str) -> DeliveryResult:
+        def settle(status: DeliveryStatus, reason: str) -> DeliveryResult:
             return ledger.finish(self.engine, claim.delivery_id, status, reason=reason)
 
         profile = profiles.get_profile(self.engine, request.profile_id)
         if profile is None:
             return settle("failed", f"profile {request.profile_id!r} does not exist (erased?)")
-        address = {"email": profile.email, "sms": profile.phone, "push": None}.get(request.channel)
-        if request.channel != "push" and not address:
-            return settle(
-                "suppressed",
-                f"the profile has no {'email address' if request.channel == 'email' else 'phone number'}",
-            )
+        address = _address(profile, request.channel)
+        if address is None:
+            return settle("suppressed", f"no_address: {_MISSING[request.channel]}")
 
         template = (
             catalog.journey_template(
@@ -71,54 +68,74 @@ class DeliveryActivities(BoundActivities):
         context = template_context(
             profile, event, request.journey_id, request.journey_version, request.node_id
         )
+        context["unsubscribe_url"] = unsubscribe_url(self.settings, profile.id, request.channel)
         try:
             rendered = render(template, context)
         except RenderError as exc:
             return settle("failed", str(exc))
 
-        provider = self.email_provider if request.channel == "email" else None
-        if provider is None or address is None:
-            # The outbox: the message is recorded here, which is the whole of sending it.
-            return ledger.finish(
-                self.engine,
-                claim.delivery_id,
-                "sent",
-                provider="outbox",
-                to=address,
-                subject=rendered.subject,
-                body=rendered.text,
-            )
-
-        ledger.start_sending(
-            self.engine, claim.delivery_id, address, rendered.subject, rendered.text
+        admission = ledger.Admission(
+            request, profile, address, rendered.subject, rendered.text, now
         )
+        refused = ledger.admit(self.engine, claim.delivery_id, admission, self.settings.delivery)
+        if refused is not None:
+            return refused
+
+        sender = self.senders.get(request.channel)
+        if sender is None:
+            # The outbox: the message is recorded here, which is the whole of sending it.
+            return ledger.finish(self.engine, claim.delivery_id, "sent", provider="outbox")
         try:
-            message_id = provider.send(
-                OutgoingEmail(
+            message_id = sender.send(
+                Outgoing(
                     to=address,
-                    from_email=self.settings.email_from,
-                    subject=rendered.subject or "",
+                    subject=rendered.subject,
                     text=rendered.text,
                     html=rendered.html,
-                    custom_args={"parcours_delivery_id": claim.delivery_id},
+                    correlation={"parcours_delivery_id": claim.delivery_id},
                 )
             )
         except ProviderError as exc:
-            if not exc.retryable:
-                return settle("failed", exc.message)
-            ledger.release(self.engine, claim.delivery_id, exc.message)
-            raise ApplicationError(
-                exc.message,
-                type="ProviderUnavailable",
-                next_retry_delay=_seconds(exc.retry_after),
-            ) from exc
+            return self._refused(claim.delivery_id, request.channel, address, exc)
         return ledger.finish(
             self.engine,
             claim.delivery_id,
             "sent",
-            provider="sendgrid",
+            provider=sender.provider,
             provider_message_id=message_id,
         )
+
+    def _refused(
+        self, delivery_id: str, channel: str, address: str, exc: ProviderError
+    ) -> DeliveryResult:
+        if exc.suppress is not None:
+            with write_session(self.engine) as session:
+                suppression.suppress(session, channel, address, exc.suppress, "provider")
+            return ledger.finish(
+                self.engine, delivery_id, "suppressed", reason=f"{exc.suppress}: {exc.message}"
+            )
+        if not exc.retryable:
+            return ledger.finish(self.engine, delivery_id, "failed", reason=exc.message)
+        ledger.release(self.engine, delivery_id, exc.message)
+        raise ApplicationError(
+            exc.message, type="ProviderUnavailable", next_retry_delay=_seconds(exc.retry_after)
+        ) from exc
+
+
+_MISSING = {
+    "email": "the profile has no email address",
+    "sms": "the profile has no phone number",
+    "push": "the profile has no push device token",
+}
+
+
+def _address(profile: Profile, channel: str) -> str | None:
+    if channel == "email":
+        return profile.email
+    if channel == "sms":
+        return profile.phone
+    # The newest device: one delivery is one message to one address.
+    return profile.device_tokens[-1] if profile.device_tokens else None
 
 
 def _seconds(value: float | None) -> timedelta | None:

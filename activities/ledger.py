@@ -9,16 +9,24 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from activities.db import DeliveryRow
+from activities import suppression
+from activities.db import DeliveryRow, ProfileRow, utcnow
+from activities.profiles import write_session
 from parcours.contracts import DeliveryResult, DeliveryStatus, SendMessageInput
-from parcours.records import Delivery
+from parcours.delivery_policy import DeliveryPolicy
+from parcours.records import Delivery, Profile
 
+EXPIRED = "expired"
+FREQUENCY_CAP = "frequency_cap"
+# What a frequency cap counts: messages that reached, or may have reached, the provider.
+COUNTED = ("sending", "sent", "delivered", "opened", "clicked", "bounced")
 FINAL: frozenset[str] = frozenset(
     {"sent", "delivered", "opened", "clicked", "bounced", "failed", "suppressed"}
 )
@@ -35,7 +43,7 @@ class Claim:
     settled: DeliveryResult | None
 
 
-def claim(engine: Engine, request: SendMessageInput) -> Claim:
+def claim(engine: Engine, request: SendMessageInput, now: datetime | None = None) -> Claim:
     try:
         with Session(engine) as session, session.begin():
             row = session.scalar(
@@ -54,6 +62,9 @@ def claim(engine: Engine, request: SendMessageInput) -> Claim:
                     node_id=request.node_id,
                     workflow_id=request.workflow_id,
                     run_id=request.run_id,
+                    priority=request.priority,
+                    # When the message was due: what its maximum age is measured from.
+                    created_at=now or utcnow(),
                 )
                 session.add(row)
                 return Claim(row.id, None)
@@ -64,18 +75,85 @@ def claim(engine: Engine, request: SendMessageInput) -> Claim:
             return Claim(row.id, None)
     except IntegrityError:
         # A concurrent attempt inserted the same key first: settle against its row.
-        return claim(engine, request)
+        return claim(engine, request, now)
 
 
-def start_sending(
-    engine: Engine, delivery_id: str, to: str, subject: str | None, body: str
-) -> None:
-    """Mark the provider call as under way (committed before the call is made)."""
-    with Session(engine) as session, session.begin():
+@dataclass(frozen=True)
+class Admission:
+    """What may be sent, checked against the store in the transaction that commits to it."""
+
+    request: SendMessageInput
+    profile: Profile
+    to: str
+    subject: str | None
+    body: str
+    now: datetime
+
+
+def admit(
+    engine: Engine, delivery_id: str, admission: Admission, policy: DeliveryPolicy
+) -> DeliveryResult | None:
+    """Mark the provider call as under way, committed before the call is made; or say why
+    not: a suppressed delivery, or one held by quiet hours (`queued` with `not_before`).
+
+    One transaction per profile at a time, so two messages sent to one profile at once cannot
+    both slip under its frequency cap.
+    """
+    request, now = admission.request, admission.now
+    with write_session(engine) as session:
+        if engine.dialect.name == "postgresql":
+            session.execute(
+                select(ProfileRow.id).where(ProfileRow.id == request.profile_id).with_for_update()
+            )
         row = session.get(DeliveryRow, delivery_id)
         assert row is not None
-        row.status, row.to_address, row.subject, row.body = "sending", to, subject, body
+
+        def suppressed(reason: str) -> DeliveryResult:
+            row.status, row.reason = "suppressed", reason
+            return _result(row)
+
+        reason = suppression.reason_for(session, admission.profile, request.channel, admission.to)
+        if reason is not None:
+            return suppressed(reason)
+        if request.priority == "marketing":
+            if now - row.created_at > policy.max_age:
+                return suppressed(EXPIRED)
+            quiet = policy.quiet_hours.get(request.channel)
+            opens = (
+                quiet.opens_at(now, policy.zone(admission.profile.timezone))
+                if quiet is not None and request.respect_quiet_hours
+                else None
+            )
+            if opens is not None:
+                if opens - row.created_at > policy.max_age:
+                    return suppressed(EXPIRED)
+                row.reason = f"quiet hours ({quiet}) until {opens.isoformat()}"
+                return _result(row).model_copy(update={"not_before": opens})
+            cap = policy.frequency_caps.get(request.channel)
+            if cap is not None and _marketing_sent(session, row, now - cap.window) >= cap.limit:
+                return suppressed(FREQUENCY_CAP)
+        row.status, row.reason, row.sent_at = "sending", None, now
+        row.to_address, row.subject, row.body = admission.to, admission.subject, admission.body
         row.attempts += 1
+        return None
+
+
+def _marketing_sent(session: Session, row: DeliveryRow, since: datetime) -> int:
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(DeliveryRow)
+            .where(
+                DeliveryRow.profile_id == row.profile_id,
+                DeliveryRow.channel == row.channel,
+                DeliveryRow.sent_at >= since,
+                DeliveryRow.priority == "marketing",
+                DeliveryRow.status.in_(COUNTED),
+                DeliveryRow.id != row.id,
+            )
+        )
+        or 0
+    )
 
 
 def release(engine: Engine, delivery_id: str, reason: str) -> None:
@@ -94,17 +172,12 @@ def finish(
     reason: str | None = None,
     provider: str | None = None,
     provider_message_id: str | None = None,
-    to: str | None = None,
-    subject: str | None = None,
-    body: str | None = None,
 ) -> DeliveryResult:
     with Session(engine) as session, session.begin():
         row = session.get(DeliveryRow, delivery_id)
         assert row is not None
         row.status, row.reason, row.provider_message_id = status, reason, provider_message_id
         row.provider = provider or row.provider
-        if to is not None:
-            row.to_address, row.subject, row.body = to, subject, body
         return _result(row)
 
 

@@ -80,6 +80,10 @@ class SendMessageInput(BaseModel):
     run_id: str | None = None
     event_id: str | None = None
     priority: Literal["transactional", "marketing"] = "marketing"
+    respect_quiet_hours: bool = True
+    # The workflow's clock when it asked: in tests on a time-skipping server it runs ahead of
+    # the wall clock, and quiet hours and caps must be judged at the journey's time.
+    now: datetime | None = None
 
 
 class DeliveryResult(BaseModel):
@@ -87,6 +91,8 @@ class DeliveryResult(BaseModel):
     status: DeliveryStatus
     reason: str | None = None
     provider_message_id: str | None = None
+    # Set on a message held by quiet hours: the workflow sleeps until then and asks again.
+    not_before: datetime | None = None
 
 
 class RecheckResult(BaseModel):

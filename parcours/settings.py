@@ -12,7 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, Field, SecretStr, ValidationError
+
+from parcours.delivery_policy import DeliveryPolicy
 
 CONFIG_FILE = "parcours.toml"
 
@@ -28,7 +30,21 @@ class Settings(BaseModel):
     sendgrid_api_key: SecretStr | None = None
     sendgrid_url: str = "https://api.sendgrid.com"
     email_from: str = "noreply@example.com"
+    twilio_account_sid: str | None = None
+    twilio_auth_token: SecretStr | None = None
+    twilio_from: str | None = None
+    twilio_messaging_service_sid: str | None = None
+    # None means Twilio's own host, which the library knows.
+    twilio_url: str | None = None
+    # An FCM HTTP v1 `messages:send` URL (or a gateway that speaks its request shape).
+    push_url: str | None = None
+    push_token: SecretStr | None = None
+    # Verifies SendGrid's signed Event Webhook (the key shown under Mail Settings).
+    sendgrid_webhook_public_key: str | None = None
+    # Signs unsubscribe links; without one, a key is made once and kept in the data dir.
+    secret_key: SecretStr | None = None
     provider_timeout_seconds: float = 10.0
+    delivery: DeliveryPolicy = Field(default_factory=DeliveryPolicy)
 
     @classmethod
     def load(
@@ -60,15 +76,58 @@ class Settings(BaseModel):
             "sendgrid_api_key": "SENDGRID_API_KEY",
             "sendgrid_url": "PARCOURS_SENDGRID_URL",
             "email_from": "PARCOURS_EMAIL_FROM",
+            "twilio_account_sid": "TWILIO_ACCOUNT_SID",
+            "twilio_auth_token": "TWILIO_AUTH_TOKEN",
+            "twilio_from": "TWILIO_FROM",
+            "twilio_messaging_service_sid": "TWILIO_MESSAGING_SERVICE_SID",
+            "twilio_url": "PARCOURS_TWILIO_URL",
+            "push_url": "PARCOURS_PUSH_URL",
+            "push_token": "PARCOURS_PUSH_TOKEN",
+            "sendgrid_webhook_public_key": "SENDGRID_WEBHOOK_PUBLIC_KEY",
+            "secret_key": "PARCOURS_SECRET_KEY",
         }
         for name, variable in variables.items():
             if env.get(variable):
                 values[name] = env[variable]
+        values["delivery"] = _delivery_policy(file.get("delivery", {}), env)
         return cls.model_validate(values)
 
     @property
     def config_path(self) -> Path:
         return self.data_dir / CONFIG_FILE
+
+
+# `PARCOURS_QUIET_HOURS="sms=21:00-08:00,push=off"`, `PARCOURS_FREQUENCY_CAPS="email=3/7d"`.
+_POLICY_VARIABLES = {
+    "quiet_hours": "PARCOURS_QUIET_HOURS",
+    "frequency_caps": "PARCOURS_FREQUENCY_CAPS",
+}
+
+
+def _delivery_policy(section: Mapping[str, Any], env: Mapping[str, str]) -> DeliveryPolicy:
+    values = dict(section)
+    for name, variable in _POLICY_VARIABLES.items():
+        if env.get(variable):
+            values[name] = _pairs(variable, env[variable])
+    if env.get("PARCOURS_MESSAGE_MAX_AGE"):
+        values["max_age"] = env["PARCOURS_MESSAGE_MAX_AGE"]
+    try:
+        return DeliveryPolicy.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"delivery.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
+        )
+        raise ValueError(f"invalid delivery settings: {problems}") from None
+
+
+def _pairs(variable: str, text: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"{variable}: expected channel=value pairs, got {item!r}")
+        pairs[key.strip()] = value.strip()
+    return pairs
 
 
 def _read_config(path: Path) -> dict[str, Any]:

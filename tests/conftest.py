@@ -64,9 +64,17 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     admin.dispose()
 
 
+# A test must not depend on the time of day it runs at: quiet hours are off unless a test turns
+# them on (the stacks started as subprocesses inherit this too).
+NO_QUIET_HOURS = {"PARCOURS_QUIET_HOURS": "sms=off,push=off"}
+os.environ.update(NO_QUIET_HOURS)
+
+
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
-    loaded = Settings.load(tmp_path / "data", env={"PARCOURS_DATABASE_URL": database_url})
+    loaded = Settings.load(
+        tmp_path / "data", env={"PARCOURS_DATABASE_URL": database_url, **NO_QUIET_HOURS}
+    )
     return loaded.model_copy(update={"task_queue": f"test-{uuid.uuid4()}"})
 
 

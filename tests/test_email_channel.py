@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from activities.channels.base import OutgoingEmail, ProviderError
+from activities.channels.base import Outgoing, ProviderError
 from activities.channels.email import SendGridEmail
 from tests.fakes.sendgrid import FakeSendGrid
 
@@ -35,21 +35,26 @@ def fake() -> Iterator[FakeSendGrid]:
         yield server
 
 
-def channel(fake: FakeSendGrid, *, api_key: str = API_KEY, timeout: float = 5.0) -> SendGridEmail:
-    return SendGridEmail(api_key, base_url=fake.url, timeout=timeout)
+def channel(
+    fake: FakeSendGrid,
+    *,
+    api_key: str = API_KEY,
+    timeout: float = 5.0,
+    sender: str = "hello@parcours.test",
+) -> SendGridEmail:
+    return SendGridEmail(api_key, sender, base_url=fake.url, timeout=timeout)
 
 
-def email(**overrides: object) -> OutgoingEmail:
+def email(**overrides: object) -> Outgoing:
     fields: dict[str, object] = {
         "to": "ada@example.com",
-        "from_email": "hello@parcours.test",
         "subject": "Welcome aboard",
         "text": "Hi Ada, welcome.",
         "html": "<p>Hi Ada, <b>welcome</b>.</p>",
-        "custom_args": {"delivery_id": "d-123", "journey": "onboarding"},
+        "correlation": {"delivery_id": "d-123", "journey": "onboarding"},
     }
     fields.update(overrides)
-    return OutgoingEmail.model_validate(fields)
+    return Outgoing.model_validate(fields)
 
 
 def test_sent_mail_reaches_sendgrid_intact_and_returns_its_message_id(
@@ -70,7 +75,7 @@ def test_sent_mail_reaches_sendgrid_intact_and_returns_its_message_id(
 
 
 def test_text_only_mail_sends_a_single_plain_text_part(fake: FakeSendGrid) -> None:
-    channel(fake).send(email(html=None, custom_args={}))
+    channel(fake).send(email(html=None, correlation={}))
 
     [mail] = fake.wait_for(1)
     assert mail.html is None
@@ -95,7 +100,7 @@ def test_invalid_recipient_is_rejected_for_good_with_sendgrids_explanation(
 
 def test_several_validation_errors_are_all_reported(fake: FakeSendGrid) -> None:
     with pytest.raises(ProviderError) as caught:
-        channel(fake).send(email(to="not-an-email", from_email="nobody"))
+        channel(fake, sender="nobody").send(email(to="not-an-email"))
 
     assert "personalizations.0.to.0.email" in caught.value.message
     assert "; " in caught.value.message
@@ -200,7 +205,9 @@ def test_unreachable_sendgrid_is_retryable() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
 
-    sendgrid = SendGridEmail(API_KEY, base_url=f"http://127.0.0.1:{port}", timeout=2.0)
+    sendgrid = SendGridEmail(
+        API_KEY, "hello@parcours.test", base_url=f"http://127.0.0.1:{port}", timeout=2.0
+    )
     with pytest.raises(ProviderError) as caught:
         sendgrid.send(email())
 

@@ -138,7 +138,7 @@ async def test_a_profile_without_email_is_suppressed_and_the_journey_goes_on(
 ) -> None:
     workflow_id = await signed_up(client, engine, settings, profile="no-email")
     position = await finish(time_skipping_env, client, workflow_id)
-    assert position.path[0].outcome == "suppressed: the profile has no email address"
+    assert position.path[0].outcome == "suppressed: no_address: the profile has no email address"
     assert position.finished
     assert {d.status for d in ledger.list_deliveries(engine, "no-email")} == {"suppressed"}
 

@@ -7,15 +7,16 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import Engine
 
 from activities import catalog, ledger
-from activities.db import engine_for
+from activities.db import engine_for, utcnow
 from activities.events import get_event, record_event
 from activities.profiles import get_profile, set_profile
 from activities.rendering import RenderError, render
 from parcours.contracts import SendMessageInput
 from parcours.definitions import Template
+from parcours.delivery_policy import DeliveryPolicy
 from parcours.errors import InputError
 from parcours.loader import load_paths
-from parcours.records import NewEvent
+from parcours.records import NewEvent, Profile
 from tests.conftest import EXAMPLES
 
 
@@ -101,6 +102,12 @@ def request(key: str = "k1") -> SendMessageInput:
     return SendMessageInput(idempotency_key=key, profile_id="ada", channel="email", template="t")
 
 
+def start_sending(engine: Engine, delivery_id: str) -> None:
+    ada = Profile(id="ada", email="ada@example.com")
+    admission = ledger.Admission(request(), ada, "ada@example.com", "s", "b", utcnow())
+    assert ledger.admit(engine, delivery_id, admission, DeliveryPolicy()) is None
+
+
 def test_a_claimed_delivery_is_settled_once(engine: Engine) -> None:
     claim = ledger.claim(engine, request())
     assert claim.settled is None
@@ -113,7 +120,7 @@ def test_a_claimed_delivery_is_settled_once(engine: Engine) -> None:
 
 def test_a_delivery_interrupted_during_the_provider_call_is_not_sent_again(engine: Engine) -> None:
     claim = ledger.claim(engine, request())
-    ledger.start_sending(engine, claim.delivery_id, "ada@example.com", "s", "b")
+    start_sending(engine, claim.delivery_id)
     # The worker died here: the next attempt cannot know whether the provider took it.
     again = ledger.claim(engine, request())
     assert again.settled is not None
@@ -123,7 +130,7 @@ def test_a_delivery_interrupted_during_the_provider_call_is_not_sent_again(engin
 
 def test_a_released_delivery_can_be_attempted_again(engine: Engine) -> None:
     claim = ledger.claim(engine, request())
-    ledger.start_sending(engine, claim.delivery_id, "ada@example.com", "s", "b")
+    start_sending(engine, claim.delivery_id)
     ledger.release(engine, claim.delivery_id, "SendGrid 503")
     assert ledger.claim(engine, request()).settled is None
 

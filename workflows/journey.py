@@ -278,28 +278,43 @@ class JourneyWorkflow:
         visit = self._visits[node.id]
         # The key names this node of this entry; a node visited again in a loop gets a new one.
         key = f"{info.workflow_id}/{info.run_id}/{node.id}" + (f"/{visit}" if visit > 1 else "")
-        result = await workflow.execute_activity(
+        request = SendMessageInput(
+            idempotency_key=key,
+            profile_id=self._input.profile_id,
+            channel=node.channel,
+            template=node.template,
+            journey_id=self._input.journey.id,
+            journey_version=self._input.version,
+            node_id=node.id,
+            workflow_id=info.workflow_id,
+            run_id=info.run_id,
+            event_id=self._entry_event_id,
+            priority=node.priority,
+            respect_quiet_hours=node.respect_quiet_hours,
+        )
+        result = await self._send(request, node)
+        # Quiet hours hold a marketing message: a durable timer until the window opens, then
+        # the same delivery (same key) is asked for again.
+        while result.not_before is not None:
+            workflow.set_current_details(f"At **{node.id}**: held by quiet hours")
+            await workflow.sleep(
+                max(result.not_before - workflow.now(), timedelta(0)),
+                summary=f"quiet hours until {result.not_before:%Y-%m-%d %H:%M} UTC",
+            )
+            result = await self._send(request, node)
+        self._outcome(result.status + (f": {result.reason}" if result.reason else ""))
+        return node.next
+
+    async def _send(self, request: SendMessageInput, node: MessageNode) -> DeliveryResult:
+        result: DeliveryResult = await workflow.execute_activity(
             "send_message",
-            SendMessageInput(
-                idempotency_key=key,
-                profile_id=self._input.profile_id,
-                channel=node.channel,
-                template=node.template,
-                journey_id=self._input.journey.id,
-                journey_version=self._input.version,
-                node_id=node.id,
-                workflow_id=info.workflow_id,
-                run_id=info.run_id,
-                event_id=self._entry_event_id,
-                priority=node.priority,
-            ),
+            request.model_copy(update={"now": workflow.now()}),
             result_type=DeliveryResult,
             start_to_close_timeout=SEND_TIMEOUT,
             retry_policy=SEND_RETRY,
             summary=node.summary(),
         )
-        self._outcome(result.status + (f": {result.reason}" if result.reason else ""))
-        return node.next
+        return result
 
     async def _update_profile(self, node: UpdateProfileNode) -> str:
         await workflow.execute_activity(

@@ -1,20 +1,34 @@
-"""What every delivery channel shares: the message it is handed and the errors it raises."""
+"""What every delivery channel shares: the message it is handed, its interface and its errors."""
 
 from __future__ import annotations
+
+from typing import Protocol
 
 from pydantic import BaseModel, Field
 
 
-class OutgoingEmail(BaseModel):
-    """One rendered email to one recipient, ready for a provider."""
+class Outgoing(BaseModel):
+    """One rendered message to one recipient, ready for a provider."""
 
+    # An email address, an E.164 phone number or a push device token, by channel.
     to: str
-    from_email: str
-    subject: str
+    subject: str | None = None
     text: str
     html: str | None = None
-    # Correlation ids only (delivery id, journey): providers echo them back in their events.
-    custom_args: dict[str, str] = Field(default_factory=dict)
+    # Correlation ids only (the delivery id), never personal data: providers echo them back.
+    correlation: dict[str, str] = Field(default_factory=dict)
+
+
+class Sender(Protocol):
+    """What a channel's provider does: take one message, return the provider's message id.
+
+    `send` blocks (the provider libraries do), so callers run it off the event loop. Every
+    failure is a `ProviderError` saying whether another attempt can succeed.
+    """
+
+    provider: str
+
+    def send(self, message: Outgoing) -> str: ...
 
 
 class ProviderError(Exception):
@@ -31,9 +45,21 @@ class ProviderError(Exception):
         retryable: bool,
         status: int | None = None,
         retry_after: float | None = None,
+        suppress: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.retryable = retryable
         self.status = status
         self.retry_after = retry_after
+        # Set when the provider says this address must not be tried again (a phone that replied
+        # STOP, an unregistered device): the reason it is suppressed from now on.
+        self.suppress = suppress
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A `Retry-After` header in seconds; None for an HTTP-date, left to the caller's backoff."""
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None

@@ -9,27 +9,34 @@ from typing import Any
 from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
 
-from activities.channels.base import OutgoingEmail, ProviderError
+from activities.channels.base import Outgoing, ProviderError, retry_after_seconds
 
 
 class SendGridEmail:
-    """Sends one `OutgoingEmail` per call and turns every failure into a `ProviderError`.
+    """Sends one `Outgoing` email per call and turns every failure into a `ProviderError`.
 
     The call blocks (the library uses urllib), so run it from a sync activity or a thread.
     """
 
+    provider = "sendgrid"
+
     def __init__(
-        self, api_key: str, base_url: str = "https://api.sendgrid.com", timeout: float = 10.0
+        self,
+        api_key: str,
+        sender: str,
+        base_url: str = "https://api.sendgrid.com",
+        timeout: float = 10.0,
     ) -> None:
+        self._sender = sender
         self._sg = SendGridAPIClient(api_key, host=base_url)
         # The library defaults to no timeout at all: a stalled connection would hold the activity
         # until Temporal's own timeout, with no error that says what happened.
         self._sg.client.timeout = timeout
 
-    def send(self, message: OutgoingEmail) -> str:
+    def send(self, message: Outgoing) -> str:
         """Hand the message to SendGrid and return its message id (`X-Message-Id`)."""
         try:
-            response = self._sg.send(_mail_body(message))
+            response = self._sg.send(_mail_body(message, self._sender))
         except HTTPError as err:
             raise _provider_error(err) from None
         except (OSError, http.client.HTTPException) as err:
@@ -43,18 +50,19 @@ class SendGridEmail:
         return str(response.headers.get("X-Message-Id") or "")
 
 
-def _mail_body(message: OutgoingEmail) -> dict[str, Any]:
+def _mail_body(message: Outgoing, sender: str) -> dict[str, Any]:
     personalization: dict[str, Any] = {"to": [{"email": message.to}]}
-    if message.custom_args:
-        personalization["custom_args"] = message.custom_args
+    if message.correlation:
+        # SendGrid echoes custom_args in every event of this mail (delivered, open, bounce...).
+        personalization["custom_args"] = message.correlation
     # SendGrid rejects the request unless text/plain comes before text/html.
     content = [{"type": "text/plain", "value": message.text}]
     if message.html is not None:
         content.append({"type": "text/html", "value": message.html})
     return {
         "personalizations": [personalization],
-        "from": {"email": message.from_email},
-        "subject": message.subject,
+        "from": {"email": sender},
+        "subject": message.subject or "",
         "content": content,
     }
 
@@ -71,7 +79,12 @@ def _provider_error(err: HTTPError) -> ProviderError:
     text = f"SendGrid {status}: {detail}" if detail else f"SendGrid {status}"
     if status == 429:
         return ProviderError(
-            text, retryable=True, status=status, retry_after=_retry_after(err.headers)
+            text,
+            retryable=True,
+            status=status,
+            retry_after=retry_after_seconds(
+                err.headers.get("Retry-After") if err.headers else None
+            ),
         )
     # 5xx is SendGrid's trouble, not the message's; any other 4xx will fail the same way again.
     return ProviderError(text, retryable=status >= 500, status=status)
@@ -91,15 +104,6 @@ def _error_text(body: bytes | str | None) -> str:
         # Proxies and load balancers in front of SendGrid answer with HTML or plain text.
         return raw.strip()[:500]
     return "; ".join(parts)
-
-
-def _retry_after(headers: Any) -> float | None:
-    value = headers.get("Retry-After") if headers is not None else None
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        # An HTTP-date instead of seconds: let the caller's own backoff decide.
-        return None
 
 
 def _reason(err: BaseException) -> str:

@@ -1,0 +1,96 @@
+"""SMS through Twilio's Messages API, with the `twilio` library."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import requests
+from twilio.base.exceptions import TwilioRestException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.rest import Client
+
+from activities.channels.base import Outgoing, ProviderError, retry_after_seconds
+
+# Twilio error codes that say something about the recipient rather than the request.
+OPTED_OUT = 21610  # "Attempt to send to unsubscribed recipient": the phone replied STOP
+RATE_LIMITED = 20429
+
+
+class TwilioSms:
+    """Sends one SMS per call from a number (`TWILIO_FROM`) or a Messaging Service.
+
+    `status_callback` is a URL template with `{delivery_id}`: Twilio posts each status change of
+    the message there, so the correlation id travels in the URL and no personal data does.
+    """
+
+    provider = "twilio"
+
+    def __init__(
+        self,
+        account_sid: str,
+        auth_token: str,
+        *,
+        from_number: str | None = None,
+        messaging_service_sid: str | None = None,
+        base_url: str | None = None,
+        status_callback: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        if not from_number and not messaging_service_sid:
+            raise ValueError("Twilio needs TWILIO_FROM or TWILIO_MESSAGING_SERVICE_SID")
+        self._credentials = (account_sid, auth_token)
+        self._from = from_number
+        self._service = messaging_service_sid
+        self._base_url = base_url
+        self._status_callback = status_callback
+        self._timeout = timeout
+
+    def _client(self) -> tuple[Client, TwilioHttpClient]:
+        # One client per call: its `last_response` (where 429's Retry-After lives) is then
+        # this call's, even when sends run in parallel threads.
+        http = TwilioHttpClient(timeout=self._timeout)
+        client = Client(*self._credentials, http_client=http)
+        if self._base_url:
+            client.api.base_url = self._base_url.rstrip("/")
+        return client, http
+
+    def send(self, message: Outgoing) -> str:
+        client, http = self._client()
+        options: dict[str, Any] = {"to": message.to, "body": message.text}
+        if self._service:
+            options["messaging_service_sid"] = self._service
+        else:
+            options["from_"] = self._from
+        delivery_id = message.correlation.get("parcours_delivery_id")
+        if self._status_callback and delivery_id:
+            options["status_callback"] = self._status_callback.format(delivery_id=delivery_id)
+        try:
+            sent = client.messages.create(**options)
+        except TwilioRestException as err:
+            raise _provider_error(err, http) from None
+        except requests.RequestException as err:
+            # Refused connections, timeouts and dropped answers: nothing says Twilio refused
+            # the message, so another attempt may well succeed.
+            raise ProviderError(f"Twilio unreachable: {err}", retryable=True) from err
+        return str(sent.sid)
+
+
+def _provider_error(err: TwilioRestException, http: TwilioHttpClient) -> ProviderError:
+    text = f"Twilio {err.status}" + (f" (code {err.code})" if err.code else "") + f": {err.msg}"
+    if err.code == OPTED_OUT:
+        return ProviderError(text, retryable=False, status=err.status, suppress="opted_out")
+    if err.status == 429 or err.code == RATE_LIMITED:
+        response = http.last_response
+        return ProviderError(
+            text,
+            retryable=True,
+            status=err.status,
+            retry_after=retry_after_seconds(
+                response.headers.get("Retry-After") if response else None
+            ),
+        )
+    if err.status == 401:
+        return ProviderError(
+            "Twilio 401: the account SID or auth token was rejected", retryable=False, status=401
+        )
+    return ProviderError(text, retryable=err.status >= 500, status=err.status)

@@ -1,0 +1,54 @@
+"""Who must not be messaged on a channel: the profile's own consent, and addresses suppressed
+by what providers reported (a STOP reply, a bounce, a spam report, an unregistered device).
+
+Consent belongs to a profile; a suppression belongs to an address, so it also holds for a
+profile that takes that address later.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from activities.db import SuppressionRow, utcnow
+from parcours.records import Profile
+
+OPTED_OUT = "opted_out"
+
+
+def suppress(session: Session, channel: str, address: str, reason: str, source: str) -> None:
+    row = session.get(SuppressionRow, (channel, address))
+    if row is None:
+        session.add(
+            SuppressionRow(
+                channel=channel, address=address, reason=reason, source=source, created_at=utcnow()
+            )
+        )
+    else:
+        row.reason, row.source = reason, source
+
+
+def lift(session: Session, channel: str, address: str) -> None:
+    session.execute(
+        delete(SuppressionRow).where(
+            SuppressionRow.channel == channel, SuppressionRow.address == address
+        )
+    )
+
+
+def reason_for(session: Session, profile: Profile, channel: str, address: str) -> str | None:
+    """Why a message to this profile and address must not go, or None when it may."""
+    if (profile.consent.get(channel) or {}).get("status") == "opted_out":
+        return OPTED_OUT
+    return session.scalar(
+        select(SuppressionRow.reason).where(
+            SuppressionRow.channel == channel, SuppressionRow.address == address
+        )
+    )
+
+
+def suppressions(session: Session, channel: str | None = None) -> list[SuppressionRow]:
+    query = select(SuppressionRow).order_by(SuppressionRow.channel, SuppressionRow.address)
+    if channel is not None:
+        query = query.where(SuppressionRow.channel == channel)
+    return list(session.scalars(query))
