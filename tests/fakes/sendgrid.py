@@ -2,7 +2,7 @@
 
 It validates requests the way the real API does (auth first, then the payload, reporting every
 problem at once with the offending field), so a malformed request fails here as it would in
-production. `fail_next` and `hang_next` script outages, rate limits and slow answers.
+production. The trouble it can be scripted with comes from `FakeProvider`.
 """
 
 from __future__ import annotations
@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
+
+from tests.fakes.server import FakeProvider, Reply, Request
 
 MAIL_SEND_PATH = "/v3/mail/send"
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -34,202 +33,52 @@ class RecordedMail:
     body: dict[str, Any] = field(repr=False)
 
 
-@dataclass
-class _Failure:
-    status: int
-    retry_after: int | None
-    message: str | None
+class FakeSendGrid(FakeProvider[RecordedMail]):
+    """SendGrid on 127.0.0.1 and a random free port."""
 
-
-class FakeSendGrid:
-    """SendGrid on 127.0.0.1 and a random free port; use as a context manager or start()/stop()."""
+    name = "sendgrid"
 
     def __init__(self, api_key: str = "SG.test-key") -> None:
+        super().__init__()
         self.api_key = api_key
-        self.url = ""
-        self._lock = threading.Condition()
-        self._requests: list[RecordedMail] = []
-        self._attempts = 0
-        self._failures: list[_Failure] = []
-        self._hangs: list[float] = []
-        self._stopping = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
-    # -- lifecycle -------------------------------------------------------------------------
-
-    def start(self) -> FakeSendGrid:
-        self._stopping.clear()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        # Handler threads are daemons, so a hung answer never blocks stop() or interpreter exit.
-        self._server.daemon_threads = True
-        host, port = self._server.server_address[:2]
-        self.url = f"http://{host!s}:{port}"
-        self._thread = threading.Thread(
-            # A short poll keeps stop() (which waits for the loop to notice) from costing 0.5 s.
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.02},
-            name="fake-sendgrid",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()  # wakes handlers sleeping in hang_next
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> FakeSendGrid:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    # -- scripting and inspection ----------------------------------------------------------
-
-    @property
-    def requests(self) -> list[RecordedMail]:
-        """Every accepted mail, oldest first (a snapshot)."""
-        with self._lock:
-            return list(self._requests)
-
-    @property
-    def attempts(self) -> int:
-        """Every POST to /v3/mail/send, whatever the answer."""
-        with self._lock:
-            return self._attempts
-
-    def fail_next(
-        self,
-        status: int,
-        times: int = 1,
-        *,
-        retry_after: int | None = None,
-        message: str | None = None,
-    ) -> None:
-        """Answer the next `times` sends with `status`, before auth or payload checks."""
-        with self._lock:
-            self._failures.extend(_Failure(status, retry_after, message) for _ in range(times))
-
-    def hang_next(self, seconds: float, times: int = 1) -> None:
-        """Sleep `seconds` before answering the next `times` sends.
-
-        The request is then handled normally, so a client that gave up may still find its
-        mail accepted, as it can happen with the real service.
-        """
-        with self._lock:
-            self._hangs.extend([seconds] * times)
-
-    def wait_for(self, count: int, timeout: float = 10.0) -> list[RecordedMail]:
-        """Block until at least `count` mails were accepted; return them all."""
-        with self._lock:
-            if not self._lock.wait_for(lambda: len(self._requests) >= count, timeout):
-                raise AssertionError(
-                    f"FakeSendGrid: expected {count} accepted mail(s) within {timeout}s, "
-                    f"got {len(self._requests)} after {self._attempts} attempt(s)"
-                )
-            return list(self._requests)
-
-    # -- request handling (called from handler threads) ------------------------------------
-
-    def _begin_attempt(self) -> tuple[float, _Failure | None]:
-        with self._lock:
-            self._attempts += 1
-            hang = self._hangs.pop(0) if self._hangs else 0.0
-            failure = self._failures.pop(0) if self._failures else None
-            return hang, failure
-
-    def _accept(self, body: dict[str, Any]) -> str:
+    def handle(self, request: Request) -> Reply:
+        if request.path != MAIL_SEND_PATH:
+            return _reply(404, _errors([("resource not found", None)]))
+        if request.method != "POST":
+            return _reply(405, _errors([("method not allowed", None)]))
+        failure = self.begin_attempt()
+        if failure is not None:
+            headers = {}
+            if failure.retry_after is not None:
+                headers["Retry-After"] = str(failure.retry_after)
+            text = failure.message or _DEFAULT_FAILURE_TEXT.get(failure.status, "error")
+            return _reply(failure.status, _errors([(text, None)]), headers)
+        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return _reply(
+                401,
+                _errors(
+                    [("The provided authorization grant is invalid, expired, or revoked", None)]
+                ),
+            )
+        try:
+            body = json.loads(request.body)
+        except ValueError:
+            return _reply(400, _errors([("Bad Request", None)]))
+        problems = _validate(body)
+        if problems:
+            return _reply(400, _errors(problems))
         message_id = secrets.token_urlsafe(16)[:22]
-        mail = _record(body, message_id)
-        with self._lock:
-            self._requests.append(mail)
-            self._lock.notify_all()
-        return message_id
+        self.accept(_record(body, message_id))
+        return _reply(202, None, {"X-Message-Id": message_id})
 
 
-def _handler_for(fake: FakeSendGrid) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "nginx"
-        sys_version = ""
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def do_POST(self) -> None:
-            if self.path.split("?")[0] != MAIL_SEND_PATH:
-                self._reply(404, _errors([("resource not found", None)]))
-                return
-            hang, failure = fake._begin_attempt()
-            if hang and fake._stopping.wait(hang):
-                return
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            if failure is not None:
-                headers = {}
-                if failure.retry_after is not None:
-                    headers["Retry-After"] = str(failure.retry_after)
-                text = failure.message or _DEFAULT_FAILURE_TEXT.get(failure.status, "error")
-                self._reply(failure.status, _errors([(text, None)]), headers)
-                return
-            if self.headers.get("Authorization") != f"Bearer {fake.api_key}":
-                self._reply(
-                    401,
-                    _errors(
-                        [("The provided authorization grant is invalid, expired, or revoked", None)]
-                    ),
-                )
-                return
-            try:
-                body = json.loads(raw)
-            except ValueError:
-                self._reply(400, _errors([("Bad Request", None)]))
-                return
-            problems = _validate(body)
-            if problems:
-                self._reply(400, _errors(problems))
-                return
-            self._reply(202, None, {"X-Message-Id": fake._accept(body)})
-
-        def do_GET(self) -> None:
-            self._not_allowed_or_missing()
-
-        do_PUT = do_PATCH = do_DELETE = do_GET
-
-        def _not_allowed_or_missing(self) -> None:
-            if self.path.split("?")[0] == MAIL_SEND_PATH:
-                self._reply(405, _errors([("method not allowed", None)]))
-            else:
-                self._reply(404, _errors([("resource not found", None)]))
-
-        def _reply(
-            self, status: int, body: dict[str, Any] | None, headers: dict[str, str] | None = None
-        ) -> None:
-            payload = json.dumps(body).encode() if body is not None else b""
-            try:
-                self.send_response(status)
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                if payload:
-                    self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client gave up (e.g. after hang_next); nothing left to tell it
-
-    return Handler
+def _reply(
+    status: int, body: dict[str, Any] | None, headers: dict[str, str] | None = None
+) -> Reply:
+    payload = json.dumps(body).encode() if body is not None else b""
+    extra = [("Content-Type", "application/json")] if payload else []
+    return Reply(status, payload, (*(headers or {}).items(), *extra))
 
 
 _DEFAULT_FAILURE_TEXT = {
