@@ -235,6 +235,20 @@ def upsert_profiles(engine: Engine, updates: Sequence[ProfileUpdate]) -> list[Ou
     return retrying(write)
 
 
+def set_consent_for_address(
+    session: Session, channel: str, address: str, opted_in: bool, source: str
+) -> list[str]:
+    """Record a consent change for every profile holding this email or phone (a STOP reply
+    names a phone, not a profile); returns their ids."""
+    column = ProfileRow.email if channel == "email" else ProfileRow.phone
+    ids = list(session.scalars(select(ProfileRow.id).where(column == address)))
+    _upsert(
+        session,
+        [profile_update(i, consent={channel: opted_in}, consent_source=source) for i in ids],
+    )
+    return ids
+
+
 def get_profile(engine: Engine, profile_id: str) -> Profile | None:
     with Session(engine) as session:
         row = session.get(ProfileRow, profile_id)

@@ -35,6 +35,7 @@ class Template(_Strict):
     kind: Literal["template"] = "template"
     id: Identifier
     channel: Channel
+    # An email's subject, or a push notification's title.
     subject: str | None = None
     body: str
     html: str | None = None
@@ -43,8 +44,10 @@ class Template(_Strict):
     def _email_needs_subject(self) -> Template:
         if self.channel == "email" and not self.subject:
             raise ValueError("an email template needs a `subject`")
-        if self.channel != "email" and (self.subject or self.html):
-            raise ValueError(f"`subject` and `html` are for email templates, not {self.channel}")
+        if self.channel == "sms" and self.subject:
+            raise ValueError("an sms has no `subject`: put everything in `body`")
+        if self.channel != "email" and self.html:
+            raise ValueError(f"`html` is for email templates, not {self.channel}")
         return self
 
 
