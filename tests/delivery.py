@@ -87,9 +87,7 @@ class SendGridSigner:
         )
         self.public_key = base64.b64encode(der).decode()
 
-    def sign(
-        self, events: list[dict[str, Any]], timestamp: str = "1764300000"
-    ) -> tuple[bytes, dict[str, str]]:
+    def sign(self, events: Any, timestamp: str = "1764300000") -> tuple[bytes, dict[str, str]]:
         body = json.dumps(events).encode()
         signature = self._key.sign(timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
         return body, {
