@@ -24,6 +24,7 @@ from starter.binaries import temporal_cli, temporal_test_server
 from starter.search_attributes import register
 from tests.fakes.sendgrid import FakeSendGrid
 from tests.postgres import postgres_server
+from tests.stack import NO_QUIET_HOURS
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -62,12 +63,6 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     with admin.connect() as connection:
         connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
     admin.dispose()
-
-
-# A test must not depend on the time of day it runs at: quiet hours are off unless a test turns
-# them on (the stacks started as subprocesses inherit this too).
-NO_QUIET_HOURS = {"PARCOURS_QUIET_HOURS": "sms=off,push=off"}
-os.environ.update(NO_QUIET_HOURS)
 
 
 @pytest.fixture

@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 PARCOURS = [sys.executable, "-m", "starter"]
+# A test must not depend on the time of day it runs at: quiet hours are off unless a test turns
+# them on, in the settings fixture and in the stacks started here.
+NO_QUIET_HOURS = {"PARCOURS_QUIET_HOURS": "sms=off,push=off"}
 
 
 def free_port() -> int:
@@ -55,7 +58,7 @@ class DevStack:
 
     @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, "PARCOURS_DATA_DIR": str(self.data_dir)}
+        return {**os.environ, **NO_QUIET_HOURS, "PARCOURS_DATA_DIR": str(self.data_dir)}
 
     def start(self, port: int | None = None) -> DevStack:
         self.port = port or self.port

@@ -7,6 +7,7 @@ from typing import Any
 import requests
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
+from twilio.http.response import Response
 from twilio.rest import Client
 
 from activities.channels.base import Outgoing, ProviderError, retry_after_seconds
@@ -45,10 +46,10 @@ class TwilioSms:
         self._status_callback = status_callback
         self._timeout = timeout
 
-    def _client(self) -> tuple[Client, TwilioHttpClient]:
-        # One client per call: its `last_response` (where 429's Retry-After lives) is then
-        # this call's, even when sends run in parallel threads.
-        http = TwilioHttpClient(timeout=self._timeout)
+    def _client(self) -> tuple[Client, _HeaderKeepingHttpClient]:
+        # One client per call, so the headers it keeps are this call's even when sends run in
+        # parallel threads.
+        http = _HeaderKeepingHttpClient(timeout=self._timeout)
         client = Client(*self._credentials, http_client=http)
         if self._base_url:
             client.api.base_url = self._base_url.rstrip("/")
@@ -75,19 +76,27 @@ class TwilioSms:
         return str(sent.sid)
 
 
-def _provider_error(err: TwilioRestException, http: TwilioHttpClient) -> ProviderError:
+class _HeaderKeepingHttpClient(TwilioHttpClient):  # type: ignore[misc]  # untyped library
+    """The library drops response headers before raising: keep 429's `Retry-After`."""
+
+    retry_after: str | None = None
+
+    def request(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().request(*args, **kwargs)
+        self.retry_after = (response.headers or {}).get("Retry-After")
+        return response
+
+
+def _provider_error(err: TwilioRestException, http: _HeaderKeepingHttpClient) -> ProviderError:
     text = f"Twilio {err.status}" + (f" (code {err.code})" if err.code else "") + f": {err.msg}"
     if err.code == OPTED_OUT:
         return ProviderError(text, retryable=False, status=err.status, suppress="opted_out")
     if err.status == 429 or err.code == RATE_LIMITED:
-        response = http.last_response
         return ProviderError(
             text,
             retryable=True,
             status=err.status,
-            retry_after=retry_after_seconds(
-                response.headers.get("Retry-After") if response else None
-            ),
+            retry_after=retry_after_seconds(http.retry_after),
         )
     if err.status == 401:
         return ProviderError(
