@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from functools import cached_property
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -16,18 +15,20 @@ from activities.channels import configured_senders
 from activities.channels.base import Outgoing, ProviderError, Sender
 from activities.db import utcnow
 from activities.profiles import write_session
-from activities.rendering import RenderError, render, template_context
-from activities.unsubscribe import unsubscribe_url
+from activities.rendering import RenderError, message_context, render
 from parcours.contracts import DeliveryResult, DeliveryStatus, SendMessageInput
 from parcours.records import Profile
+from parcours.settings import Settings
 
 
 class DeliveryActivities(BoundActivities):
     """Delivery, bound to one store and one set of provider credentials."""
 
-    @cached_property
-    def senders(self) -> dict[str, Sender]:
-        return configured_senders(self.settings)
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        # Built now, so a provider set up wrong (Twilio with no sender) stops the worker at
+        # start with the reason, not each message later.
+        self.senders: dict[str, Sender] = configured_senders(settings)
 
     @activity.defn(name="send_message")
     async def send_message(self, request: SendMessageInput) -> DeliveryResult:
@@ -65,10 +66,15 @@ class DeliveryActivities(BoundActivities):
         if template is None:
             return settle("failed", f"template {request.template!r} is not published")
         event = events.get_event(self.engine, request.event_id) if request.event_id else None
-        context = template_context(
-            profile, event, request.journey_id, request.journey_version, request.node_id
+        context = message_context(
+            self.settings,
+            request.channel,
+            profile,
+            event,
+            request.journey_id,
+            request.journey_version,
+            request.node_id,
         )
-        context["unsubscribe_url"] = unsubscribe_url(self.settings, profile.id, request.channel)
         try:
             rendered = render(template, context)
         except RenderError as exc:

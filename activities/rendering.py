@@ -13,7 +13,10 @@ from jinja2 import StrictUndefined, TemplateError
 from jinja2 import Template as JinjaTemplate
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from activities.unsubscribe import unsubscribe_url
 from parcours.definitions import Template
+from parcours.records import Profile
+from parcours.settings import Settings
 
 
 class RenderError(Exception):
@@ -43,6 +46,21 @@ def template_context(
         "event": event.model_dump(mode="json") if event else {},
         "journey": {"id": journey_id, "version": version, "node": node_id},
     }
+
+
+def message_context(
+    settings: Settings,
+    channel: str,
+    profile: Profile,
+    event: Any,
+    journey_id: str | None = None,
+    version: int | None = None,
+    node_id: str | None = None,
+) -> dict[str, Any]:
+    """A message's context: the template context and the profile's unsubscribe link."""
+    context = template_context(profile, event, journey_id, version, node_id)
+    context["unsubscribe_url"] = unsubscribe_url(settings, profile.id, channel)
+    return context
 
 
 @lru_cache(maxsize=1024)

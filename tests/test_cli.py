@@ -155,3 +155,30 @@ def test_a_draft_takes_no_entries_until_made_live(run) -> None:  # type: ignore[
     assert [j.id for j, _ in catalog.live_journeys_for_event(engine, "signed_up")] == ["welcome"]
     code, _, err = run("journeys", "pause", "nope")
     assert (code, err.strip()) == (1, "error: journey: no journey 'nope' is published")
+
+
+def test_templates_render_previews_a_message_for_a_profile(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    run("apply", str(EXAMPLES / "welcome"))
+    run("profiles", "set", "ada", "--email", "ada@example.com", "--attr", "first_name=Ada")
+    code, out, _ = run("templates", "render", "welcome-email", "--profile", "ada", "--json")
+    assert code == 0, out
+    rendered = json.loads(out)
+    assert rendered["subject"] == "Welcome to Parcours, Ada!"
+    assert (rendered["template"], rendered["channel"], rendered["profile_id"]) == (
+        "welcome-email",
+        "email",
+        "ada",
+    )
+    code, out, _ = run("templates", "list", "--json")
+    assert [t["id"] for t in json.loads(out)] == ["tips-email", "welcome-email"]
+
+    code, _, err = run("templates", "render", "nope", "--profile", "ada")
+    assert code == 1 and "template 'nope' is not published" in err
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(
+        "kind: template\nid: strict\nchannel: sms\nbody: 'Hi {{ profile.attributes.nick }}'\n"
+    )
+    run("apply", str(strict))
+    code, _, err = run("templates", "render", "strict", "--profile", "ada")
+    assert code == 1
+    assert "template 'strict' body: 'dict object' has no attribute 'nick'" in err
