@@ -84,3 +84,13 @@ class NewEvent(BaseModel):
         if value is not None and value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
         return value
+
+
+class Suppression(BaseModel):
+    """An address no message may go to on a channel, and why."""
+
+    channel: str
+    address: str
+    reason: str
+    source: str
+    created_at: datetime

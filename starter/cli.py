@@ -457,4 +457,10 @@ def main() -> None:
 
 
 # Command groups kept in their own modules register themselves on the apps above.
-from starter import imports_cli, journeys_cli, segments_cli, templates_cli  # noqa: E402, F401
+from starter import (  # noqa: E402, F401
+    imports_cli,
+    journeys_cli,
+    segments_cli,
+    suppressions_cli,
+    templates_cli,
+)

@@ -182,3 +182,19 @@ def test_templates_render_previews_a_message_for_a_profile(run, tmp_path: Path) 
     code, _, err = run("templates", "render", "strict", "--profile", "ada")
     assert code == 1
     assert "template 'strict' body: 'dict object' has no attribute 'nick'" in err
+
+
+def test_suppressions_can_be_listed_added_and_lifted(run) -> None:  # type: ignore[no-untyped-def]
+    assert run("suppressions", "add", "sms", "+33612345678", "--reason", "complaint")[0] == 0
+    code, out, _ = run("suppressions", "list", "--json")
+    [row] = json.loads(out)
+    assert (row["channel"], row["address"], row["reason"], row["source"]) == (
+        "sms",
+        "+33612345678",
+        "complaint",
+        "cli",
+    )
+    assert run("suppressions", "remove", "sms", "+33612345678")[0] == 0
+    assert json.loads(run("suppressions", "list", "--json")[1]) == []
+    code, _, err = run("suppressions", "add", "fax", "x")
+    assert code == 2 and "fax" in err
