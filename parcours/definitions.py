@@ -76,6 +76,15 @@ class Entry(_Strict):
         return f"segment {self.segment_entered} entered" if self.segment_entered else "API"
 
 
+def _check_zone(name: str, field: str) -> None:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"`{field}`: {name!r} is not an IANA time zone (e.g. Europe/Paris)"
+        ) from None
+
+
 class Until(_Strict):
     time: Annotated[
         str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="HH:MM, 24-hour clock")
@@ -92,12 +101,7 @@ class Until(_Strict):
         ):
             if zone == "profile" and field == "timezone":
                 continue
-            try:
-                ZoneInfo(zone)
-            except (ZoneInfoNotFoundError, ValueError):
-                raise ValueError(
-                    f"`{field}`: {zone!r} is not an IANA time zone (e.g. Europe/Paris)"
-                ) from None
+            _check_zone(zone, field)
         return self
 
 
@@ -342,6 +346,63 @@ class Segment(_Strict):
     rule: Rule
 
 
-Definition = Annotated[Segment | Template | Journey, Field(discriminator="kind")]
+_CRON_FIELD = r"[A-Za-z0-9*/,?#L-]+"
+_RATE_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+class CampaignSchedule(_Strict):
+    """A standard five-field cron, read in `timezone` (daylight saving included)."""
+
+    cron: Annotated[str, Field(pattern=rf"^\s*{_CRON_FIELD}(\s+{_CRON_FIELD}){{4}}\s*$")]
+    timezone: str = "UTC"
+
+    @model_validator(mode="after")
+    def _zone_exists(self) -> CampaignSchedule:
+        _check_zone(self.timezone, "timezone")
+        return self
+
+
+class SendAt(_Strict):
+    """Send each recipient at this hour of their own clock (the fallback zone without one)."""
+
+    local_time: Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
+    fallback_timezone: str = "UTC"
+
+    @model_validator(mode="after")
+    def _zone_exists(self) -> SendAt:
+        _check_zone(self.fallback_timezone, "fallback_timezone")
+        return self
+
+
+class FollowUp(_Strict):
+    """A second message, from the same run, to those who did not open or click the first."""
+
+    after: Duration
+    to: Literal["not_opened", "not_clicked"]
+    template: Identifier
+
+
+class Campaign(_Strict):
+    kind: Literal["campaign"] = "campaign"
+    id: Identifier
+    name: str | None = None
+    audience: Rule
+    channel: Channel
+    template: Identifier
+    schedule: CampaignSchedule | None = None  # none: sent on demand (`parcours campaigns run`)
+    rate_limit: Annotated[str, Field(pattern=r"^\s*\d+(\.\d+)?\s*/\s*[smh]\s*$")] | None = None
+    priority: Literal["transactional", "marketing"] = "marketing"
+    send_at: SendAt | None = None
+    follow_up: FollowUp | None = None
+
+    def per_second(self) -> float | None:
+        """`rate_limit` as messages per second."""
+        if self.rate_limit is None:
+            return None
+        count, unit = self.rate_limit.replace(" ", "").split("/")
+        return float(count) / _RATE_UNITS[unit]
+
+
+Definition = Annotated[Segment | Template | Journey | Campaign, Field(discriminator="kind")]
 # Also the order of publication: what is used comes before what uses it.
-KINDS = ("segment", "template", "journey")
+KINDS = ("segment", "template", "journey", "campaign")

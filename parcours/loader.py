@@ -18,12 +18,20 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
-from parcours.definitions import KINDS, NODE_TYPES, Definition, Journey, Segment, Template
+from parcours.definitions import (
+    KINDS,
+    NODE_TYPES,
+    Campaign,
+    Definition,
+    Journey,
+    Segment,
+    Template,
+)
 from parcours.segment_checks import validate_segments
-from parcours.validation import validate_journey
+from parcours.validation import validate_campaign, validate_journey
 
 SUFFIXES = (".yaml", ".yml", ".json")
-_ADAPTER: TypeAdapter[Segment | Template | Journey] = TypeAdapter(Definition)
+_ADAPTER: TypeAdapter[Segment | Template | Journey | Campaign] = TypeAdapter(Definition)
 
 
 @dataclass(frozen=True)
@@ -43,7 +51,7 @@ class LoadError:
 
 @dataclass(frozen=True)
 class Loaded:
-    definition: Segment | Template | Journey
+    definition: Segment | Template | Journey | Campaign
     file: str
     document: int | None = None
     node: yaml.Node | None = field(default=None, compare=False, repr=False)  # for line numbers
@@ -73,6 +81,10 @@ class LoadResult:
     @property
     def journeys(self) -> list[Journey]:
         return [d.definition for d in self.definitions if isinstance(d.definition, Journey)]
+
+    @property
+    def campaigns(self) -> list[Campaign]:
+        return [d.definition for d in self.definitions if isinstance(d.definition, Campaign)]
 
 
 class LoadFailed(Exception):
@@ -119,8 +131,15 @@ def load_paths(
             result.errors.append(
                 LoadError(loaded.file, problem.path, problem.message, loaded.document, line)
             )
-        if isinstance(loaded.definition, Journey):
-            for problem in validate_journey(loaded.definition, templates, all_segments):
+        problems = (
+            validate_journey(loaded.definition, templates, all_segments)
+            if isinstance(loaded.definition, Journey)
+            else validate_campaign(loaded.definition, templates, all_segments)
+            if isinstance(loaded.definition, Campaign)
+            else []
+        )
+        if problems:
+            for problem in problems:
                 line = _line(loaded.node, _parse_path(problem.path))
                 result.errors.append(
                     LoadError(loaded.file, problem.path, problem.message, loaded.document, line)
@@ -250,7 +269,12 @@ def _parse_path(path: str) -> list[int | str]:
     ]
 
 
-_PATTERN_HINTS = {"time": "HH:MM on a 24-hour clock, e.g. 09:00"}
+_PATTERN_HINTS = {
+    "time": "HH:MM on a 24-hour clock, e.g. 09:00",
+    "local_time": "HH:MM on a 24-hour clock, e.g. 09:00",
+    "cron": "five cron fields (minute hour day-of-month month day-of-week), e.g. 0 9 * * MON",
+    "rate_limit": "a count per second, minute or hour, e.g. 200/s",
+}
 
 
 def _message(error: ErrorDetails) -> str:

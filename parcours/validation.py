@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from parcours.definitions import (
     WAITING_NODES,
     AnyNode,
+    Campaign,
     ConditionNode,
     Journey,
     MessageNode,
@@ -26,6 +27,34 @@ from parcours.rules import misplaced, references
 class Problem:
     path: str
     message: str
+
+
+def validate_campaign(
+    campaign: Campaign, templates: Mapping[str, Template], segments: Mapping[str, Segment]
+) -> list[Problem]:
+    problems = [Problem(p, m) for p, m in misplaced(campaign.audience, "audience")]
+    problems += _check_rule("audience", campaign.audience, segments, event_rules=False)
+    uses = [("template", campaign.template)]
+    if campaign.follow_up is not None:
+        uses.append(("follow_up.template", campaign.follow_up.template))
+    for path, template_id in uses:
+        problems += _check_template(path, template_id, campaign.channel, templates)
+    if campaign.follow_up is not None and campaign.channel != "email":
+        problems.append(
+            Problem("follow_up", "follow-ups read opens and clicks, which only email reports")
+        )
+    return problems
+
+
+def _check_template(
+    path: str, template_id: str, channel: str, templates: Mapping[str, Template]
+) -> list[Problem]:
+    template = templates.get(template_id)
+    if template is None:
+        return [Problem(path, f"no template {template_id!r} is defined or applied")]
+    if template.channel != channel:
+        return [Problem(path, f"template {template_id!r} is for {template.channel}, not {channel}")]
+    return []
 
 
 def validate_journey(
@@ -80,21 +109,9 @@ def validate_journey(
         for path, rule in _rules(node):
             problems += _check_rule(f"nodes[{i}].{path}", rule, segments or {})
         if isinstance(node, MessageNode):
-            template = templates.get(node.template)
-            if template is None:
-                problems.append(
-                    Problem(
-                        f"nodes[{i}].template",
-                        f"no template {node.template!r} is defined or applied",
-                    )
-                )
-            elif template.channel != node.channel:
-                problems.append(
-                    Problem(
-                        f"nodes[{i}].template",
-                        f"template {node.template!r} is for {template.channel}, not {node.channel}",
-                    )
-                )
+            problems += _check_template(
+                f"nodes[{i}].template", node.template, node.channel, templates
+            )
 
     if journey.start in index:
         reached = _reachable(journey, index)
