@@ -1,4 +1,5 @@
-"""Published definitions: templates, and journeys as immutable numbered versions."""
+"""Published definitions: segments, templates, campaigns, and journeys as immutable numbered
+versions."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from activities.db import JourneyRow, JourneyVersionRow, SegmentRow, TemplateRow
-from parcours.definitions import Journey, MessageNode, Segment, Template
+from activities.db import CampaignRow, JourneyRow, JourneyVersionRow, SegmentRow, TemplateRow
+from parcours.definitions import Campaign, Journey, MessageNode, Segment, Template
 from parcours.errors import InputError
 from parcours.loader import LoadResult
 from parcours.records import JourneyVersion
@@ -20,7 +21,7 @@ from parcours.records import JourneyVersion
 
 @dataclass(frozen=True)
 class Published:
-    kind: Literal["segment", "template", "journey"]
+    kind: Literal["segment", "template", "journey", "campaign"]
     id: str
     outcome: Literal["created", "updated", "unchanged"]
     version: int | None = None
@@ -88,6 +89,8 @@ def publish(
         templates = {row.id: row.definition for row in session.scalars(select(TemplateRow))}
         for journey in loaded.journeys:
             results.append(_publish_journey(session, journey, templates, status))
+        for campaign in loaded.campaigns:
+            results.append(_save_campaign(session, campaign, templates))
     return results
 
 
@@ -151,6 +154,24 @@ def _publish_journey(
     return Published(
         "journey", journey.id, "created" if version == 1 else "updated", version, status
     )
+
+
+def _save_campaign(
+    session: Session, campaign: Campaign, templates: dict[str, dict[str, object]]
+) -> Published:
+    definition = campaign.model_dump(mode="json")
+    used = {campaign.template} | ({campaign.follow_up.template} if campaign.follow_up else set())
+    snapshot = {name: templates[name] for name in sorted(used)}
+    row = session.get(CampaignRow, campaign.id)
+    if row is None:
+        session.add(
+            CampaignRow(id=campaign.id, definition=definition, templates=snapshot, status="active")
+        )
+        return Published("campaign", campaign.id, "created", status="active")
+    if row.definition == definition and row.templates == snapshot:
+        return Published("campaign", campaign.id, "unchanged", status=row.status)
+    row.definition, row.templates = definition, snapshot
+    return Published("campaign", campaign.id, "updated", status=row.status)
 
 
 def live_journeys_for_event(engine: Engine, event_type: str) -> list[tuple[Journey, int]]:

@@ -191,7 +191,44 @@ class DeliveryRow(Base):
 
     __table_args__ = (
         Index("ix_deliveries_profile_channel_sent", "profile_id", "channel", "sent_at"),
+        # A campaign run's report groups its deliveries.
+        Index("ix_deliveries_workflow", "workflow_id"),
     )
+
+
+class CampaignRow(Base):
+    __tablename__ = "campaigns"
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    definition: Mapped[dict[str, Any]]
+    # A copy of the templates it sends, taken when it was applied, like a journey version's.
+    templates: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16))  # active | paused
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class CampaignRunRow(Base):
+    __tablename__ = "campaign_runs"
+    id: Mapped[str] = mapped_column(String(512), primary_key=True)  # the run's workflow id
+    campaign_id: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16))  # running | completed | cancelled
+    # The campaign and its templates as they were when the run started.
+    definition: Mapped[dict[str, Any]]
+    templates: Mapped[dict[str, Any]]
+    audience_size: Mapped[int | None]
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    report: Mapped[dict[str, Any] | None]
+
+    __table_args__ = (Index("ix_campaign_runs_campaign", "campaign_id", "started_at"),)
+
+
+class CampaignAudienceRow(Base):
+    """A run's audience, fixed when it starts and numbered so it can be sent page by page."""
+
+    __tablename__ = "campaign_audience"
+    run_id: Mapped[str] = mapped_column(String(512), primary_key=True)
+    seq: Mapped[int] = mapped_column(primary_key=True)
+    profile_id: Mapped[str] = mapped_column(String(255))
 
 
 class SuppressionRow(Base):

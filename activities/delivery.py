@@ -52,7 +52,7 @@ class DeliveryActivities(BoundActivities):
         profile = profiles.get_profile(self.engine, request.profile_id)
         if profile is None:
             return settle("failed", f"profile {request.profile_id!r} does not exist (erased?)")
-        address = _address(profile, request.channel)
+        address = address_of(profile, request.channel)
         if address is None:
             return settle("suppressed", f"no_address: {_MISSING[request.channel]}")
 
@@ -135,7 +135,7 @@ _MISSING = {
 }
 
 
-def _address(profile: Profile, channel: str) -> str | None:
+def address_of(profile: Profile, channel: str) -> str | None:
     if channel == "email":
         return profile.email
     if channel == "sms":

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from parcours.definitions import Channel, Journey, Until
+from parcours.definitions import Campaign, Channel, Journey, Until
 from parcours.rules import Rule
 
 DeliveryStatus = Literal[
@@ -140,3 +140,82 @@ class WebhookInput(BaseModel):
 class WebhookResult(BaseModel):
     status: int | None  # the HTTP status, None when no answer came
     error: str | None = None
+
+
+class CampaignInput(BaseModel):
+    """A campaign run. The definition is read once, when the run starts, and carried on."""
+
+    campaign_id: str
+    # Carried across continue-as-new: where the run is.
+    progress: CampaignProgress | None = None
+    campaign: Campaign | None = None
+    paused: bool = False
+    pages_per_run: int = 200
+
+
+class CampaignProgress(BaseModel):
+    audience: int
+    # Snapshot rows are numbered from 1.
+    next_seq: int = 1
+    sent: int = 0
+    suppressed: int = 0
+    failed: int = 0
+    # When the rate limit lets the next page start.
+    paced_until: datetime | None = None
+    # Pages with recipients held by quiet hours or their local send time, and until when.
+    held: dict[int, datetime] = Field(default_factory=dict)
+    follow_up_done: bool = False
+
+    @property
+    def done(self) -> int:
+        return self.sent + self.suppressed + self.failed
+
+
+class StartRun(BaseModel):
+    campaign_id: str
+    run_id: str
+    now: datetime
+
+
+class RunPlan(BaseModel):
+    campaign: Campaign
+    audience: int
+
+
+class CampaignPage(BaseModel):
+    run_id: str
+    campaign: Campaign
+    from_seq: int
+    limit: int
+    now: datetime
+    # The follow-up pass sends the follow-up template to those who did not open or click.
+    follow_up: bool = False
+
+
+class PageResult(BaseModel):
+    next_seq: int
+    sent: int = 0
+    suppressed: int = 0
+    failed: int = 0
+    # The earliest time a recipient held on this page may be sent.
+    held_until: datetime | None = None
+
+
+class FinishRun(BaseModel):
+    run_id: str
+    status: str
+    now: datetime
+
+
+class CampaignReport(BaseModel):
+    run_id: str
+    campaign_id: str
+    status: str
+    audience: int
+    sent: int
+    suppressed: dict[str, int]
+    failed: dict[str, int]
+    held: int = 0
+    started_at: datetime
+    finished_at: datetime | None = None
+    duration_seconds: float | None = None

@@ -12,15 +12,22 @@ from __future__ import annotations
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.plugin import SimplePlugin
 
+from activities.campaigns import CampaignActivities
 from activities.delivery import DeliveryActivities
 from activities.journey_steps import JourneyActivities
 from activities.recheck import SegmentActivities
 from activities.webhooks import WebhookActivities
 from parcours.settings import Settings
+from workflows.campaign import CampaignScheduleWorkflow, CampaignWorkflow
 from workflows.journey import JourneyWorkflow
 from workflows.segment_recheck import SegmentRecheckWorkflow
 
-WORKFLOWS: list[type] = [JourneyWorkflow, SegmentRecheckWorkflow]
+WORKFLOWS: list[type] = [
+    JourneyWorkflow,
+    SegmentRecheckWorkflow,
+    CampaignWorkflow,
+    CampaignScheduleWorkflow,
+]
 
 
 class ParcoursPlugin(SimplePlugin):
@@ -31,6 +38,7 @@ class ParcoursPlugin(SimplePlugin):
         segments = SegmentActivities(self.settings)
         steps = JourneyActivities(self.settings)
         webhooks = WebhookActivities(self.settings)
+        campaigns = CampaignActivities(self.settings)
         super().__init__(
             "parcours",
             data_converter=pydantic_data_converter,
@@ -42,5 +50,9 @@ class ParcoursPlugin(SimplePlugin):
                 steps.update_profile,
                 steps.resolve_wait,
                 webhooks.call_webhook,
+                campaigns.start_campaign_run,
+                campaigns.send_campaign_page,
+                campaigns.finish_campaign_run,
+                campaigns.running_campaign_run,
             ],
         )

@@ -13,3 +13,5 @@ JOURNEY_VERSION = SearchAttributeKey.for_int("ParcoursJourneyVersion")
 CAMPAIGN = SearchAttributeKey.for_keyword("ParcoursCampaign")
 
 ALL = (JOURNEY, PROFILE, NODE, JOURNEY_VERSION, CAMPAIGN)
+# Set by Temporal itself on workflows a schedule starts.
+SCHEDULED_START_TIME = SearchAttributeKey.for_datetime("TemporalScheduledStartTime")

@@ -11,6 +11,11 @@ from sendgrid import SendGridAPIClient
 
 from activities.channels.base import Outgoing, ProviderError, retry_after_seconds
 
+MAX_PERSONALIZATIONS = 1000
+# Per-recipient bodies travel as substitutions of these tags.
+TEXT_TAG = "%parcours_text%"
+HTML_TAG = "%parcours_html%"
+
 
 class SendGridEmail:
     """Sends one `Outgoing` email per call and turns every failure into a `ProviderError`.
@@ -35,8 +40,61 @@ class SendGridEmail:
 
     def send(self, message: Outgoing) -> str:
         """Hand the message to SendGrid and return its message id (`X-Message-Id`)."""
+        return self._post(_mail_body(message, self._sender))
+
+    def send_bulk(self, messages: list[Outgoing], tag: dict[str, str]) -> str:
+        """Send up to 1,000 rendered emails in one request; returns the request's message id.
+
+        Each recipient is one personalization carrying its own subject, and its own text and
+        html through substitutions, so every mail is rendered per profile and still one HTTP
+        request serves a thousand of them. `tag` (custom args of the whole request) is what
+        `sent_to` looks for if the outcome of this request is ever unknown.
+        """
+        if not 0 < len(messages) <= MAX_PERSONALIZATIONS:
+            raise ValueError(f"1 to {MAX_PERSONALIZATIONS} messages per request")
+        with_html = messages[0].html is not None
+        content = [{"type": "text/plain", "value": TEXT_TAG}]
+        if with_html:
+            content.append({"type": "text/html", "value": HTML_TAG})
+        personalizations = []
+        for message in messages:
+            substitutions = {TEXT_TAG: message.text}
+            if with_html:
+                substitutions[HTML_TAG] = message.html or ""
+            personalizations.append(
+                {
+                    "to": [{"email": message.to}],
+                    "subject": message.subject or "",
+                    "substitutions": substitutions,
+                    "custom_args": message.correlation,
+                }
+            )
+        body = {
+            "personalizations": personalizations,
+            "from": {"email": self._sender},
+            "content": content,
+            "custom_args": tag,
+        }
+        return self._post(body)
+
+    def sent_to(self, key: str, value: str, limit: int = MAX_PERSONALIZATIONS) -> set[str] | None:
+        """The addresses SendGrid holds a mail for with custom arg `key` = `value`, from its
+        Email Activity API; None when that API is not available to this account."""
+        query = f"unique_args['{key}']=\"{value}\""
         try:
-            response = self._sg.send(_mail_body(message, self._sender))
+            response = self._sg.client.messages.get(query_params={"query": query, "limit": limit})
+        except HTTPError as err:
+            if err.status_code in (401, 403, 404):
+                return None  # the Email Activity add-on is not on this account
+            raise _provider_error(err) from None
+        except (OSError, http.client.HTTPException) as err:
+            raise ProviderError(f"SendGrid unreachable: {_reason(err)}", retryable=True) from err
+        messages = json.loads(response.body or b"{}").get("messages", [])
+        return {str(m.get("to_email", "")).lower() for m in messages}
+
+    def _post(self, body: dict[str, Any]) -> str:
+        try:
+            response = self._sg.send(body)
         except HTTPError as err:
             raise _provider_error(err) from None
         except (OSError, http.client.HTTPException) as err:

@@ -12,10 +12,15 @@ import re
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs
 
 from tests.fakes.server import FakeProvider, Reply, Request
 
 MAIL_SEND_PATH = "/v3/mail/send"
+MESSAGES_PATH = "/v3/messages"
+_QUERY = re.compile(r"^unique_args\['(?P<key>[\w.-]+)'\]=\"(?P<value>[^\"]*)\"$")
+MAX_PERSONALIZATIONS = 1000
+MAX_SUBSTITUTION_BYTES = 10_000
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
@@ -43,6 +48,8 @@ class FakeSendGrid(FakeProvider[RecordedMail]):
         self.api_key = api_key
 
     def handle(self, request: Request) -> Reply:
+        if request.path == MESSAGES_PATH and request.method == "GET":
+            return self._activity(request)
         if request.path != MAIL_SEND_PATH:
             return _reply(404, _errors([("resource not found", None)]))
         if request.method != "POST":
@@ -69,8 +76,26 @@ class FakeSendGrid(FakeProvider[RecordedMail]):
         if problems:
             return _reply(400, _errors(problems))
         message_id = secrets.token_urlsafe(16)[:22]
-        self.accept(_record(body, message_id))
+        for mail in _records(body, message_id):
+            self.accept(mail)
         return _reply(202, None, {"X-Message-Id": message_id})
+
+    def _activity(self, request: Request) -> Reply:
+        """The Email Activity API (`GET /v3/messages`), for the one query form Parcours uses:
+        `unique_args['KEY']="VALUE"`, the mails whose custom args hold that value."""
+        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return _reply(401, _errors([("authorization required", None)]))
+        params = parse_qs(request.query)
+        match = _QUERY.match(params.get("query", [""])[0])
+        if match is None:
+            return _reply(400, _errors([("invalid query", "query")]))
+        limit = int(params.get("limit", ["10"])[0])
+        found = [
+            {"msg_id": m.message_id, "to_email": m.to[0], "status": "delivered"}
+            for m in self.requests
+            if m.custom_args.get(match["key"]) == match["value"]
+        ]
+        return _reply(200, {"messages": found[:limit]})
 
 
 def _reply(
@@ -120,6 +145,13 @@ def _validate(body: Any) -> list[tuple[str, str | None]]:
             )
         )
         personalizations = []
+    if len(personalizations) > MAX_PERSONALIZATIONS:
+        problems.append(
+            (
+                "The personalizations field is limited to 1000 objects per request.",
+                "personalizations",
+            )
+        )
     for i, p in enumerate(personalizations):
         to = p.get("to") if isinstance(p, dict) else None
         if not isinstance(to, list) or not to:
@@ -136,6 +168,17 @@ def _validate(body: Any) -> list[tuple[str, str | None]]:
                 problems.append(
                     ("Does not contain a valid address.", f"personalizations.{i}.to.{j}.email")
                 )
+        substitutions = p.get("substitutions")
+        if substitutions is not None and (
+            not _string_map(substitutions)
+            or len(json.dumps(substitutions).encode()) > MAX_SUBSTITUTION_BYTES
+        ):
+            problems.append(
+                (
+                    "Substitutions must be strings, 10,000 bytes at most per personalization.",
+                    f"personalizations.{i}.substitutions",
+                )
+            )
         custom_args = p.get("custom_args")
         if custom_args is not None and not _string_map(custom_args):
             problems.append(
@@ -208,18 +251,30 @@ def _string_map(value: Any) -> bool:
     return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
 
 
-def _record(body: dict[str, Any], message_id: str) -> RecordedMail:
-    personalizations = body["personalizations"]
-    first = personalizations[0]
+def _records(body: dict[str, Any], message_id: str) -> list[RecordedMail]:
+    """One mail per personalization, with its substitutions applied, as SendGrid sends them."""
     content = {block["type"]: block["value"] for block in body["content"]}
-    return RecordedMail(
-        to=[r["email"] for p in personalizations for r in p["to"]],
-        from_email=body["from"]["email"],
-        subject=first.get("subject") or body["subject"],
-        text=content.get("text/plain"),
-        html=content.get("text/html"),
-        # Personalization-level values override message-level ones, as SendGrid merges them.
-        custom_args={**body.get("custom_args", {}), **first.get("custom_args", {})},
-        message_id=message_id,
-        body=body,
-    )
+    mails = []
+    for n, p in enumerate(body["personalizations"]):
+        substitutions = p.get("substitutions") or {}
+
+        def fill(text: str | None, substitutions: dict[str, str] = substitutions) -> str | None:
+            for tag, value in substitutions.items():
+                text = text.replace(tag, value) if text is not None else None
+            return text
+
+        mails.append(
+            RecordedMail(
+                to=[r["email"] for r in p["to"]],
+                from_email=body["from"]["email"],
+                subject=fill(p.get("subject") or body["subject"]) or "",
+                text=fill(content.get("text/plain")),
+                html=fill(content.get("text/html")),
+                # Personalization-level values override message-level ones, as SendGrid merges.
+                custom_args={**body.get("custom_args", {}), **p.get("custom_args", {})},
+                # SendGrid's per-recipient message id: the request's, then a suffix.
+                message_id=f"{message_id}.{n}" if n else message_id,
+                body=body,
+            )
+        )
+    return mails
