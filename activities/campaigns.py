@@ -179,6 +179,8 @@ class PageSender:
         if not members:
             return self.result
         self.result.next_seq = members[-1][0] + 1
+        if self.page.follow_up:
+            members = self._follow_up_targets(members)
         recipients = self._claim(members)
         self._reconcile([r for r in recipients if r.row["status"] == "sending"])
         pending = [r for r in recipients if r.row["status"] == "queued"]
@@ -209,8 +211,25 @@ class PageSender:
                     )
                     .order_by(CampaignAudienceRow.seq)
                     .limit(self.page.limit)
-                ).tuples()
+                ).all()
             )
+
+    def _follow_up_targets(self, members: list[tuple[int, str]]) -> list[tuple[int, str]]:
+        """Those whose first message went out and was not opened (or clicked) since."""
+        assert self.campaign.follow_up is not None
+        waiting = ("sent", "delivered") + (
+            ("opened",) if self.campaign.follow_up.to == "not_clicked" else ()
+        )
+        keys = {f"{self.page.run_id}/{p}": (seq, p) for seq, p in members}
+        with Session(self.engine) as session:
+            targets = set(
+                session.scalars(
+                    select(DeliveryRow.idempotency_key).where(
+                        DeliveryRow.idempotency_key.in_(keys), DeliveryRow.status.in_(waiting)
+                    )
+                )
+            )
+        return [member for key, member in keys.items() if key in targets]
 
     def _key(self, profile_id: str) -> str:
         suffix = "/follow-up" if self.page.follow_up else ""
@@ -248,7 +267,7 @@ class PageSender:
             if fresh:
                 session.execute(insert(DeliveryRow), fresh)
             profiles = {
-                row.id: row
+                row.id: _profile(row)
                 for row in session.scalars(
                     select(ProfileRow).where(ProfileRow.id.in_([p for _, p in members]))
                 )
@@ -260,9 +279,7 @@ class PageSender:
         recipients, erased = [], []
         for key, (seq, profile_id) in keys.items():
             profile = profiles.get(profile_id)
-            recipient = _Recipient(
-                seq, _profile(profile) if profile else Profile(id=profile_id), rows[key]
-            )
+            recipient = _Recipient(seq, profile or Profile(id=profile_id), rows[key])
             if profile is None and recipient.row["status"] in ("queued", "sending"):
                 self._settle(recipient.row, "failed", f"profile {profile_id!r} was erased")
                 erased.append(recipient)
@@ -431,7 +448,7 @@ class PageSender:
                         SuppressionRow.channel == self.channel,
                         SuppressionRow.address.in_(addresses),
                     )
-                ).tuples()
+                ).all()
             )
 
     def _over_cap(self, pending: list[_Recipient]) -> set[str]:
@@ -450,7 +467,7 @@ class PageSender:
                     DeliveryRow.workflow_id != self.page.run_id,
                 )
                 .group_by(DeliveryRow.profile_id)
-            ).tuples()
+            ).all()
             return {profile_id for profile_id, n in counts if n >= cap.limit}
 
     def _held_until(self, profile: Profile) -> datetime | None:
@@ -542,17 +559,20 @@ def finish_run(engine: Engine, run_id: str, status: str, now: datetime) -> Campa
         run = session.get(CampaignRunRow, run_id)
         if run is None:
             raise ApplicationError(f"campaign run {run_id!r} was never started", non_retryable=True)
+        follow_up = Campaign.model_validate(run.definition).follow_up
         counts = session.execute(
-            select(DeliveryRow.status, DeliveryRow.reason, func.count())
+            select(DeliveryRow.template, DeliveryRow.status, DeliveryRow.reason, func.count())
             .where(DeliveryRow.workflow_id == run_id)
-            .group_by(DeliveryRow.status, DeliveryRow.reason)
-        ).tuples()
-        sent = 0
+            .group_by(DeliveryRow.template, DeliveryRow.status, DeliveryRow.reason)
+        ).all()
+        sent = follow_ups = 0
         suppressed: Counter[str] = Counter()
         failed: Counter[str] = Counter()
         held = 0
-        for state, reason, n in counts:
-            if state in ledger.COUNTED:
+        for template, state, reason, n in counts:
+            if follow_up is not None and template == follow_up.template:
+                follow_ups += n if state in ledger.COUNTED else 0
+            elif state in ledger.COUNTED:
                 sent += n
             elif state == "suppressed":
                 suppressed[(reason or "unknown").split(":")[0]] += n
@@ -570,9 +590,45 @@ def finish_run(engine: Engine, run_id: str, status: str, now: datetime) -> Campa
             suppressed=dict(suppressed),
             failed=dict(failed),
             held=held,
+            follow_up_sent=follow_ups,
             started_at=run.started_at,
             finished_at=now,
             duration_seconds=(now - run.started_at).total_seconds(),
         )
         run.report = report.model_dump(mode="json")
         return report
+
+
+def run_reports(engine: Engine, campaign_id: str, limit: int = 20) -> list[dict[str, Any]]:
+    """The campaign's latest runs: the report of each finished one, progress of the others."""
+    with Session(engine) as session:
+        runs = session.scalars(
+            select(CampaignRunRow)
+            .where(CampaignRunRow.campaign_id == campaign_id)
+            .order_by(CampaignRunRow.started_at.desc())
+            .limit(limit)
+        )
+        return [
+            run.report
+            or {
+                "run_id": run.id,
+                "campaign_id": run.campaign_id,
+                "status": run.status,
+                "audience": run.audience_size or 0,
+                "sent": 0,
+                "suppressed": {},
+                "failed": {},
+                "started_at": run.started_at.isoformat(),
+            }
+            for run in runs
+        ]
+
+
+def latest_runs(engine: Engine) -> dict[str, dict[str, Any]]:
+    with Session(engine) as session:
+        rows = session.execute(
+            select(CampaignRunRow.campaign_id, CampaignRunRow.id, CampaignRunRow.status).order_by(
+                CampaignRunRow.started_at
+            )
+        ).all()
+        return {campaign: {"id": run, "status": status} for campaign, run, status in rows}

@@ -216,6 +216,7 @@ class CampaignReport(BaseModel):
     suppressed: dict[str, int]
     failed: dict[str, int]
     held: int = 0
+    follow_up_sent: int = 0
     started_at: datetime
     finished_at: datetime | None = None
     duration_seconds: float | None = None

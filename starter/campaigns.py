@@ -31,7 +31,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.campaigns import running_runs
 from activities.db import CampaignRow
 from parcours import search_attributes as sa
-from parcours.contracts import CampaignInput
+from parcours.contracts import CampaignInput, CampaignReport
 from parcours.definitions import Campaign
 from parcours.errors import InputError
 from parcours.settings import Settings
@@ -108,7 +108,7 @@ async def sync_schedules(client: Client, engine: Engine, settings: Settings) -> 
 
 async def start_run(
     client: Client, engine: Engine, settings: Settings, campaign_id: str
-) -> WorkflowHandle[CampaignWorkflow, object]:
+) -> WorkflowHandle[CampaignWorkflow, CampaignReport]:
     """Start a run now, as `campaign:{id}:{now}`."""
     campaign(engine, campaign_id)  # fails with a clear error when it is not applied
     at = datetime.now(UTC)

@@ -196,6 +196,25 @@ def apply_definitions(
     else:
         for result in results:
             out.print(str(result), highlight=False)
+    if any(r.kind == "campaign" and r.outcome != "unchanged" for r in results):
+        _sync_campaign_schedules(ctx)
+
+
+def _sync_campaign_schedules(ctx: typer.Context) -> None:
+    from starter.campaigns import sync_schedules
+
+    config = settings(ctx)
+
+    async def sync() -> list[str]:
+        return await sync_schedules(await connect(config), engine(ctx), config)
+
+    try:
+        asyncio.run(sync())
+    except CommandError as exc:
+        err.print(
+            f"warning: campaigns saved; their schedules are made when a worker starts ({exc})",
+            highlight=False,
+        )
 
 
 @profiles_app.command("set")
@@ -458,6 +477,7 @@ def main() -> None:
 
 # Command groups kept in their own modules register themselves on the apps above.
 from starter import (  # noqa: E402, F401
+    campaigns_cli,
     imports_cli,
     journeys_cli,
     segments_cli,

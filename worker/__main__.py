@@ -8,7 +8,9 @@ import signal
 
 from temporalio.worker import Worker
 
+from activities.db import engine_for
 from parcours.settings import Settings
+from starter.campaigns import sync_schedules
 from starter.client import connect
 from starter.schedules import ensure_recheck_schedule
 
@@ -16,6 +18,8 @@ from starter.schedules import ensure_recheck_schedule
 async def run_worker(settings: Settings, ready: asyncio.Event | None = None) -> None:
     client = await connect(settings)
     await ensure_recheck_schedule(client, settings)
+    # Campaigns applied while no worker ran get their schedules now.
+    await sync_schedules(client, engine_for(settings.database_url), settings)
     # The plugin on the client brings the workflows, activities and converter to the worker.
     worker = Worker(client, task_queue=settings.task_queue)
     stop = asyncio.Event()

@@ -1,0 +1,139 @@
+"""Campaign runs: one workflow per run, pages of 1,000, each reachable member exactly once."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from activities import suppression
+from activities.apply import apply_paths
+from activities.profiles import profile_update, upsert_profiles
+from parcours.loader import load_paths
+from parcours.settings import Settings
+from starter.campaigns import start_run
+from tests.conftest import EXAMPLES
+from tests.delivery import with_providers
+from tests.fakes.sendgrid import FakeSendGrid
+from tests.journeys import run_worker
+
+AUDIENCE = 10_000
+OPTED_OUT = range(0, AUDIENCE, 40)  # 250 profiles
+BOUNCED = range(7, AUDIENCE, 100)  # 100 addresses on the suppression list
+
+
+def audience(engine: Engine, size: int = AUDIENCE) -> None:
+    upsert_profiles(
+        engine,
+        [
+            profile_update(
+                f"p{i:05d}",
+                email=f"p{i:05d}@example.com",
+                attributes={"newsletter": True, "first_name": f"P{i}"},
+                consent={"email": False} if i in OPTED_OUT else None,
+            )
+            for i in range(size)
+        ]
+        + [profile_update("no-news", email="no@example.com", attributes={"newsletter": False})],
+    )
+    with Session(engine) as session, session.begin():
+        for i in BOUNCED:
+            suppression.suppress(session, "email", f"p{i:05d}@example.com", "bounced", "sendgrid")
+
+
+@pytest.fixture
+async def client(
+    time_skipping_env: WorkflowEnvironment, settings: Settings, fake_sendgrid: FakeSendGrid
+) -> AsyncIterator[Client]:
+    async for client in run_worker(
+        time_skipping_env, with_providers(settings, sendgrid=fake_sendgrid)
+    ):
+        yield client
+
+
+@pytest.fixture
+def digest(engine: Engine, tmp_path: Path) -> None:
+    shutil.copytree(EXAMPLES / "weekly-digest", tmp_path / "digest")
+    apply_paths(engine, [tmp_path / "digest"])
+
+
+async def test_a_run_sends_every_reachable_member_exactly_once_and_reports_the_others(
+    client: Client, engine: Engine, settings: Settings, fake_sendgrid: FakeSendGrid, digest: None
+) -> None:
+    audience(engine)
+    handle = await start_run(client, engine, settings, "weekly-digest")
+    assert handle.id.startswith("campaign:weekly-digest:")
+    report = await handle.result()
+
+    left_out = set(OPTED_OUT) | set(BOUNCED)
+    reachable = {f"p{i:05d}@example.com" for i in range(AUDIENCE) if i not in left_out}
+    mails = fake_sendgrid.requests
+    first = [m for m in mails if m.subject.startswith("Your week")]
+    assert Counter(m.to[0] for m in first) == Counter(reachable), "each reachable member once"
+    assert first[0].text is not None and "Here is what happened" in first[0].text
+    assert first[0].subject == "Your week at Parcours, P1"
+    assert (report.audience, report.sent, report.status) == (AUDIENCE, len(reachable), "completed")
+    assert report.suppressed == {
+        "opted_out": len(OPTED_OUT),
+        "bounced": len(set(BOUNCED) - set(OPTED_OUT)),
+    }
+    assert report.failed == {}
+    # One request per page of 1,000, not one per recipient.
+    assert fake_sendgrid.attempts <= 2 * (AUDIENCE // 1000 + 1)
+
+    # The follow-up, two days later, went to those who did not open (all of them here).
+    reminders = [m for m in mails if m.subject.startswith("In case you missed it")]
+    assert Counter(m.to[0] for m in reminders) == Counter(reachable)
+
+    history = await handle.fetch_history()
+    scheduled = [
+        e for e in history.events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    ]
+    assert len(scheduled) <= 2 + 2 * (AUDIENCE // 1000 + 1)
+
+
+async def test_a_run_can_be_paused_resumed_and_queried(
+    client: Client, engine: Engine, settings: Settings, fake_sendgrid: FakeSendGrid, digest: None
+) -> None:
+    audience(engine, 3000)
+    handle = await start_run(client, engine, settings, "weekly-digest")
+    await handle.signal("pause")
+    progress = await handle.query("progress")
+    await handle.signal("resume")
+    report = await handle.result()
+    assert report.audience == 3000 and report.status == "completed"
+    assert progress is None or progress.audience == 3000
+
+
+def test_campaign_files_are_checked_before_anything_is_published(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "kind: campaign\nid: c\naudience: {segment: nobody}\nchannel: sms\ntemplate: t\n"
+        "schedule: {cron: '0 9 * *', timezone: Europe/Parris}\nrate_limit: fast\n"
+    )
+    errors = [str(e) for e in load_paths([bad]).errors]
+    assert any("schedule.cron: '0 9 * *' is not a valid cron" in e for e in errors)
+    assert any(
+        "rate_limit: 'fast' is not a valid rate_limit: expected a count per second" in e
+        for e in errors
+    )
+    # The zone is checked once the cron is right.
+    bad.write_text(bad.read_text().replace("'0 9 * *'", "'0 9 * * *'"))
+    errors = [str(e) for e in load_paths([bad]).errors]
+    assert any("`timezone`: 'Europe/Parris' is not an IANA time zone" in e for e in errors)
+    bad.write_text(
+        "kind: campaign\nid: c\naudience: {segment: nobody}\nchannel: sms\ntemplate: t\n"
+    )
+    errors = [str(e) for e in load_paths([bad]).errors]
+    assert errors == [
+        f"{bad}:3 (document 1): audience: segment 'nobody' is not defined or applied",
+        f"{bad}:5 (document 1): template: no template 't' is defined or applied",
+    ]
