@@ -134,6 +134,6 @@ def test_campaign_files_are_checked_before_anything_is_published(tmp_path: Path)
     )
     errors = [str(e) for e in load_paths([bad]).errors]
     assert errors == [
-        f"{bad}:3 (document 1): audience: segment 'nobody' is not defined or applied",
-        f"{bad}:5 (document 1): template: no template 't' is defined or applied",
+        f"{bad}:3: audience: segment 'nobody' is not defined or applied",
+        f"{bad}:5: template: no template 't' is defined or applied",
     ]
