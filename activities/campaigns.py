@@ -60,6 +60,7 @@ MAX_SUBSTITUTED_BYTES = 9_000
 # Non-email channels send one request per recipient, this many at a time.
 CONCURRENCY = 16
 PAGE_TAG = "parcours_page"
+HEARTBEAT_EVERY = 2.0
 DELIVERY_TAG = "parcours_delivery_id"
 
 
@@ -74,7 +75,13 @@ class CampaignActivities(BoundActivities):
 
     @activity.defn(name="send_campaign_page")
     async def send_campaign_page(self, page: CampaignPage) -> PageResult:
-        return await asyncio.to_thread(self._send_page, page)
+        # Heartbeats let Temporal notice a dead worker within seconds, not at the page timeout.
+        work = asyncio.ensure_future(asyncio.to_thread(self._send_page, page))
+        while True:
+            done, _ = await asyncio.wait({work}, timeout=HEARTBEAT_EVERY)
+            if done:
+                return work.result()
+            activity.heartbeat()
 
     @activity.defn(name="finish_campaign_run")
     async def finish_campaign_run(self, run: FinishRun) -> CampaignReport:

@@ -7,7 +7,7 @@ the store keeps them as JSON, and workflows receive them as their input.
 from __future__ import annotations
 
 import hashlib
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -355,6 +355,9 @@ class CampaignSchedule(_Strict):
 
     cron: Annotated[str, Field(pattern=rf"^\s*{_CRON_FIELD}(\s+{_CRON_FIELD}){{4}}\s*$")]
     timezone: str = "UTC"
+    # Optional window: no run before `starts` or after `ends` (RFC 3339).
+    starts: datetime | None = None
+    ends: datetime | None = None
 
     @model_validator(mode="after")
     def _zone_exists(self) -> CampaignSchedule:

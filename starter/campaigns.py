@@ -74,6 +74,8 @@ def _schedule(campaign: Campaign, status: str, settings: Settings) -> Schedule:
         spec=ScheduleSpec(
             cron_expressions=[campaign.schedule.cron],
             time_zone_name=campaign.schedule.timezone,
+            start_at=campaign.schedule.starts,
+            end_at=campaign.schedule.ends,
         ),
         # A run still sending when the next is due is not doubled: the next one is skipped.
         policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),

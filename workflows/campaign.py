@@ -35,7 +35,7 @@ PAGE_RETRY = RetryPolicy(
 )
 PAGE_TIMEOUT = timedelta(minutes=5)
 # A killed worker's page is retried this soon, not after the whole page timeout.
-PAGE_HEARTBEAT = timedelta(seconds=30)
+PAGE_HEARTBEAT = timedelta(seconds=10)
 STEP_TIMEOUT = timedelta(minutes=30)
 
 
