@@ -27,7 +27,7 @@ from activities import ledger
 from activities.bound import BoundActivities
 from activities.catalog import known_segments
 from activities.channels import configured_senders
-from activities.channels.base import Outgoing, ProviderError, Sender
+from activities.channels.base import DELIVERY_TAG, Outgoing, ProviderError, Sender
 from activities.channels.email import MAX_PERSONALIZATIONS, SendGridEmail
 from activities.db import (
     CampaignAudienceRow,
@@ -61,7 +61,6 @@ MAX_SUBSTITUTED_BYTES = 9_000
 CONCURRENCY = 16
 PAGE_TAG = "parcours_page"
 HEARTBEAT_EVERY = 2.0
-DELIVERY_TAG = "parcours_delivery_id"
 
 
 class CampaignActivities(BoundActivities):
@@ -421,7 +420,9 @@ class PageSender:
                     )
             self._settle(row, "suppressed", f"{exc.suppress}: {exc.message}")
         elif exc.retryable:
-            row.update(status="queued", reason=exc.message)
+            if not exc.ambiguous:
+                row.update(status="queued", reason=exc.message)
+            # Either way the page is tried again; an ambiguous row is reconciled first.
             self.release.append(row["id"])
             if exc.retry_after:
                 self._retry_after = timedelta(seconds=exc.retry_after)

@@ -12,7 +12,8 @@ from temporalio.exceptions import ApplicationError
 from activities import catalog, events, ledger, profiles, suppression
 from activities.bound import BoundActivities
 from activities.channels import configured_senders
-from activities.channels.base import Outgoing, ProviderError, Sender
+from activities.channels.base import DELIVERY_TAG, Outgoing, ProviderError, Sender
+from activities.channels.email import SendGridEmail
 from activities.db import utcnow
 from activities.profiles import write_session
 from activities.rendering import RenderError, message_context, render
@@ -48,6 +49,15 @@ class DeliveryActivities(BoundActivities):
 
         def settle(status: DeliveryStatus, reason: str) -> DeliveryResult:
             return ledger.finish(self.engine, claim.delivery_id, status, reason=reason)
+
+        if claim.unknown:
+            taken = self._taken(request.channel, claim.delivery_id, claim.to)
+            if taken is None:
+                return settle("failed", ledger.UNKNOWN_OUTCOME)
+            if taken:
+                sender = self.senders.get(request.channel)
+                provider = sender.provider if sender else "outbox"
+                return ledger.finish(self.engine, claim.delivery_id, "sent", provider=provider)
 
         profile = profiles.get_profile(self.engine, request.profile_id)
         if profile is None:
@@ -98,7 +108,7 @@ class DeliveryActivities(BoundActivities):
                     subject=rendered.subject,
                     text=rendered.text,
                     html=rendered.html,
-                    correlation={"parcours_delivery_id": claim.delivery_id},
+                    correlation={DELIVERY_TAG: claim.delivery_id},
                 )
             )
         except ProviderError as exc:
@@ -111,6 +121,16 @@ class DeliveryActivities(BoundActivities):
             provider_message_id=message_id,
         )
 
+    def _taken(self, channel: str, delivery_id: str, to: str | None) -> bool | None:
+        """Whether the provider holds this message; None when it cannot say."""
+        sender = self.senders.get(channel)
+        if sender is None:
+            return True  # the outbox: the ledger row is the message
+        if not isinstance(sender, SendGridEmail) or to is None:
+            return None
+        found = sender.sent_to(DELIVERY_TAG, delivery_id)
+        return None if found is None else to.lower() in found
+
     def _refused(
         self, delivery_id: str, channel: str, address: str, exc: ProviderError
     ) -> DeliveryResult:
@@ -122,7 +142,9 @@ class DeliveryActivities(BoundActivities):
             )
         if not exc.retryable:
             return ledger.finish(self.engine, delivery_id, "failed", reason=exc.message)
-        ledger.release(self.engine, delivery_id, exc.message)
+        if not exc.ambiguous:
+            # The provider answered, or was never reached: it did not take the message.
+            ledger.release(self.engine, delivery_id, exc.message)
         raise ApplicationError(
             exc.message, type="ProviderUnavailable", next_retry_delay=_seconds(exc.retry_after)
         ) from exc

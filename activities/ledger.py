@@ -2,7 +2,9 @@
 
 A retried, replayed or restarted activity finds its row by idempotency key and does not send
 again. A row left in `sending` means an attempt stopped during the provider call, so whether
-the provider took the message is unknown: it is failed rather than sent a second time.
+the provider took the message is unknown: the provider is asked (SendGrid's Email Activity, by
+the delivery id in the mail's custom args) and the message is sent again only if it has no
+trace of it; a provider that cannot say leaves it failed rather than sent a second time.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ FINAL: frozenset[str] = frozenset(
     {"sent", "delivered", "opened", "clicked", "bounced", "failed", "suppressed"}
 )
 UNKNOWN_OUTCOME = (
-    "an earlier attempt stopped during the provider call, so it may have been sent: "
-    "not sent again to avoid a duplicate"
+    "an earlier attempt stopped during the provider call and the provider cannot say whether "
+    "it took the message: not sent again to avoid a duplicate"
 )
 
 
@@ -41,6 +43,9 @@ class Claim:
     delivery_id: str
     # Set when this message was already settled by an earlier attempt: nothing to do.
     settled: DeliveryResult | None
+    # An earlier attempt stopped during the provider call: ask the provider before sending.
+    unknown: bool = False
+    to: str | None = None
 
 
 def claim(engine: Engine, request: SendMessageInput, now: datetime | None = None) -> Claim:
@@ -69,7 +74,7 @@ def claim(engine: Engine, request: SendMessageInput, now: datetime | None = None
                 session.add(row)
                 return Claim(row.id, None)
             if row.status == "sending":
-                row.status, row.reason = "failed", UNKNOWN_OUTCOME
+                return Claim(row.id, None, unknown=True, to=row.to_address)
             if row.status in FINAL:
                 return Claim(row.id, _result(row))
             return Claim(row.id, None)

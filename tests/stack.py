@@ -49,8 +49,9 @@ def wait_until(predicate: Any, timeout: float, what: str) -> Any:
 class DevStack:
     """`parcours dev` on a private data dir and free ports."""
 
-    def __init__(self, data_dir: Path, *apply: Path) -> None:
+    def __init__(self, data_dir: Path, *apply: Path, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
+        self.extra_env = env or {}
         self.port, self.ui_port = free_port(), free_port()
         self.apply = apply
         self.process: subprocess.Popen[bytes] | None = None
@@ -58,7 +59,12 @@ class DevStack:
 
     @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, **NO_QUIET_HOURS, "PARCOURS_DATA_DIR": str(self.data_dir)}
+        return {
+            **os.environ,
+            **NO_QUIET_HOURS,
+            **self.extra_env,
+            "PARCOURS_DATA_DIR": str(self.data_dir),
+        }
 
     def start(self, port: int | None = None) -> DevStack:
         self.port = port or self.port

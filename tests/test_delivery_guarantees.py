@@ -260,3 +260,52 @@ async def test_push_goes_to_the_newest_device_and_an_unregistered_token_is_suppr
     again = await send(settings, message("push", "promo-push"))
     assert (again.status, again.reason) == ("suppressed", "unregistered")
     assert push.attempts == 2
+
+
+async def test_a_send_that_timed_out_after_sendgrid_took_it_is_not_sent_again(
+    hub: Engine, settings: Settings, fake_sendgrid: FakeSendGrid
+) -> None:
+    settings = with_providers(settings, sendgrid=fake_sendgrid).model_copy(
+        update={"provider_timeout_seconds": 0.5}
+    )
+    fake_sendgrid.hang_next(1.5)  # answers after the client gave up, and keeps the mail
+    request = message("email", "promo-email")
+    with pytest.raises(ApplicationError, match="SendGrid unreachable"):
+        await send(settings, request)
+    fake_sendgrid.wait_for(1)
+    retried = await send(settings, request)
+    assert retried.status == "sent"
+    assert len(fake_sendgrid.requests) == 1 and fake_sendgrid.attempts == 1
+
+
+async def test_an_interrupted_send_the_provider_never_got_is_sent_on_retry(
+    hub: Engine, settings: Settings, fake_sendgrid: FakeSendGrid
+) -> None:
+    settings = with_providers(settings, sendgrid=fake_sendgrid)
+    request = message("email", "promo-email")
+    claim = ledger.claim(hub, request)
+    ada = get_profile(hub, "ada")
+    assert ada is not None
+    admission = ledger.Admission(request, ada, "ada@example.com", "s", "b", datetime.now(UTC))
+    assert ledger.admit(hub, claim.delivery_id, admission, settings.delivery) is None
+    # The worker died before the request left: SendGrid has no trace, so it is sent now.
+    assert (await send(settings, request)).status == "sent"
+    [mail] = fake_sendgrid.wait_for(1)
+    assert mail.custom_args == {"parcours_delivery_id": claim.delivery_id}
+
+
+async def test_an_sms_whose_outcome_is_unknown_is_not_sent_twice(
+    hub: Engine, settings: Settings, twilio: FakeTwilio
+) -> None:
+    settings = with_providers(settings, twilio=twilio).model_copy(
+        update={"provider_timeout_seconds": 0.5}
+    )
+    twilio.hang_next(1.5)
+    request = message("sms", "promo-sms")
+    with pytest.raises(ApplicationError):
+        await send(settings, request)
+    twilio.wait_for(1)
+    # Twilio cannot be asked about one message by our id: failed, never sent twice.
+    retried = await send(settings, request)
+    assert (retried.status, retried.reason) == ("failed", ledger.UNKNOWN_OUTCOME)
+    assert len(twilio.requests) == 1

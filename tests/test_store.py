@@ -118,14 +118,14 @@ def test_a_claimed_delivery_is_settled_once(engine: Engine) -> None:
     assert len(ledger.list_deliveries(engine)) == 1
 
 
-def test_a_delivery_interrupted_during_the_provider_call_is_not_sent_again(engine: Engine) -> None:
+def test_a_delivery_interrupted_during_the_provider_call_is_reported_unknown(
+    engine: Engine,
+) -> None:
     claim = ledger.claim(engine, request())
     start_sending(engine, claim.delivery_id)
-    # The worker died here: the next attempt cannot know whether the provider took it.
+    # The worker died here: the next attempt must ask the provider before sending again.
     again = ledger.claim(engine, request())
-    assert again.settled is not None
-    assert again.settled.status == "failed"
-    assert again.settled.reason == ledger.UNKNOWN_OUTCOME
+    assert (again.settled, again.unknown, again.to) == (None, True, "ada@example.com")
 
 
 def test_a_released_delivery_can_be_attempted_again(engine: Engine) -> None:

@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 
 from activities import profiles, suppression
 from activities.callbacks import CallbackOutcome, SignatureError, advance, first_time
+from activities.channels.base import DELIVERY_TAG
 from activities.profiles import write_session
 from parcours.errors import InputError
 
@@ -66,7 +67,7 @@ def apply_events(
                 outcome.duplicates += 1
                 continue
             outcome.applied += 1
-            delivery_id = event.get("parcours_delivery_id")
+            delivery_id = event.get(DELIVERY_TAG)
             if isinstance(delivery_id, str):
                 if kind in _STATUS:
                     advance(session, delivery_id, _STATUS[kind], event.get("reason"))

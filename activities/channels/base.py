@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Protocol
 
 from pydantic import BaseModel, Field
+
+# The correlation id every message carries (SendGrid custom args, push data, Twilio's status
+# callback URL): the delivery's id, never personal data.
+DELIVERY_TAG = "parcours_delivery_id"
 
 
 class Outgoing(BaseModel):
@@ -46,6 +51,7 @@ class ProviderError(Exception):
         status: int | None = None,
         retry_after: float | None = None,
         suppress: str | None = None,
+        ambiguous: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -55,6 +61,23 @@ class ProviderError(Exception):
         # Set when the provider says this address must not be tried again (a phone that replied
         # STOP, an unregistered device): the reason it is suppressed from now on.
         self.suppress = suppress
+        # The request may have reached the provider (a timeout, a dropped answer): whether the
+        # message was taken is unknown, so it must not simply be sent again.
+        self.ambiguous = ambiguous
+
+
+def unreachable(provider: str, err: BaseException) -> ProviderError:
+    """A transport failure. Only a connection that was never made proves the provider did not
+    take the message; anything later (a timeout, a reset) leaves it unknown."""
+    reason = getattr(err, "reason", None) or err
+    never_connected = isinstance(reason, ConnectionRefusedError | socket.gaierror) or (
+        "NewConnectionError" in str(err) or "ConnectTimeout" in type(err).__name__
+    )
+    return ProviderError(
+        f"{provider} unreachable: {reason or type(err).__name__}",
+        retryable=True,
+        ambiguous=not never_connected,
+    )
 
 
 def retry_after_seconds(value: str | None) -> float | None:

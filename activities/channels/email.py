@@ -9,7 +9,7 @@ from typing import Any
 from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
 
-from activities.channels.base import Outgoing, ProviderError, retry_after_seconds
+from activities.channels.base import Outgoing, ProviderError, retry_after_seconds, unreachable
 
 MAX_PERSONALIZATIONS = 1000
 # Per-recipient bodies travel as substitutions of these tags.
@@ -88,7 +88,7 @@ class SendGridEmail:
                 return None  # the Email Activity add-on is not on this account
             raise _provider_error(err) from None
         except (OSError, http.client.HTTPException) as err:
-            raise ProviderError(f"SendGrid unreachable: {_reason(err)}", retryable=True) from err
+            raise unreachable("SendGrid", err) from err
         messages = json.loads(response.body or b"{}").get("messages", [])
         return {str(m.get("to_email", "")).lower() for m in messages}
 
@@ -101,7 +101,7 @@ class SendGridEmail:
             # URLError, refused connections and socket timeouts are all OSError; a dropped
             # connection mid-response is an HTTPException. Either way nothing says the mail
             # was refused, so another attempt may well succeed.
-            raise ProviderError(f"SendGrid unreachable: {_reason(err)}", retryable=True) from err
+            raise unreachable("SendGrid", err) from err
         # SendGrid always sets the header on a 202. Should it ever be missing, the mail is still
         # accepted: failing here would only invite a duplicate send, and webhook events can be
         # matched through custom_args instead.
@@ -162,9 +162,3 @@ def _error_text(body: bytes | str | None) -> str:
         # Proxies and load balancers in front of SendGrid answer with HTML or plain text.
         return raw.strip()[:500]
     return "; ".join(parts)
-
-
-def _reason(err: BaseException) -> str:
-    # URLError wraps the interesting error (e.g. ConnectionRefusedError) in `.reason`.
-    reason = getattr(err, "reason", None)
-    return str(reason or err) or type(err).__name__

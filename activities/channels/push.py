@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from activities.channels.base import Outgoing, ProviderError, retry_after_seconds
+from activities.channels.base import Outgoing, ProviderError, retry_after_seconds, unreachable
 
 
 class PushGateway:
@@ -49,7 +49,7 @@ class PushGateway:
         except urllib.error.HTTPError as err:
             raise _provider_error(err) from None
         except (OSError, http.client.HTTPException, ValueError) as err:
-            raise ProviderError(f"push gateway unreachable: {err}", retryable=True) from err
+            raise unreachable("push gateway", err) from err
         return str(answer.get("name") or "")
 
 

@@ -10,7 +10,13 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
-from activities.channels.base import Outgoing, ProviderError, retry_after_seconds
+from activities.channels.base import (
+    DELIVERY_TAG,
+    Outgoing,
+    ProviderError,
+    retry_after_seconds,
+    unreachable,
+)
 
 # Twilio error codes that say something about the recipient rather than the request.
 OPTED_OUT = 21610  # "Attempt to send to unsubscribed recipient": the phone replied STOP
@@ -62,7 +68,7 @@ class TwilioSms:
             options["messaging_service_sid"] = self._service
         else:
             options["from_"] = self._from
-        delivery_id = message.correlation.get("parcours_delivery_id")
+        delivery_id = message.correlation.get(DELIVERY_TAG)
         if self._status_callback and delivery_id:
             options["status_callback"] = self._status_callback.format(delivery_id=delivery_id)
         try:
@@ -72,7 +78,7 @@ class TwilioSms:
         except requests.RequestException as err:
             # Refused connections, timeouts and dropped answers: nothing says Twilio refused
             # the message, so another attempt may well succeed.
-            raise ProviderError(f"Twilio unreachable: {err}", retryable=True) from err
+            raise unreachable("Twilio", err) from err
         return str(sent.sid)
 
 
