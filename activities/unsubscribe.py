@@ -12,6 +12,7 @@ import hmac
 import json
 import os
 import secrets
+from functools import cache
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
@@ -65,9 +66,14 @@ def _sign(settings: Settings, claims: str) -> bytes:
 def _key(settings: Settings) -> bytes:
     if settings.secret_key is not None:
         return settings.secret_key.get_secret_value().encode()
+    return _key_in(Path(settings.data_dir))
+
+
+@cache
+def _key_in(data_dir: Path) -> bytes:
     # No key configured (a dev stack): make one once and keep it beside the data, so links
     # stay valid across restarts. Production sets PARCOURS_SECRET_KEY on every process.
-    path = Path(settings.data_dir) / _KEY_FILE
+    path = data_dir / _KEY_FILE
     try:
         return path.read_bytes().strip()
     except FileNotFoundError:
