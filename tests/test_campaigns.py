@@ -5,9 +5,12 @@ from __future__ import annotations
 import shutil
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from temporalio.api.enums.v1 import EventType
@@ -16,6 +19,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities import suppression
 from activities.apply import apply_paths
+from activities.db import DeliveryRow
 from activities.profiles import profile_update, upsert_profiles
 from parcours.loader import load_paths
 from parcours.settings import Settings
@@ -137,3 +141,52 @@ def test_campaign_files_are_checked_before_anything_is_published(tmp_path: Path)
         f"{bad}:3: audience: segment 'nobody' is not defined or applied",
         f"{bad}:5: template: no template 't' is defined or applied",
     ]
+
+
+def zone_where_it_is(hour: int, now: datetime) -> str:
+    """An `Etc/GMT±N` zone whose clock reads about `hour` o'clock at `now`."""
+    offset = (hour - now.astimezone(UTC).hour + 12) % 24 - 12
+    return "UTC" if offset == 0 else f"Etc/GMT{'-' if offset > 0 else '+'}{abs(offset)}"
+
+
+async def test_send_at_sends_each_recipient_at_that_hour_of_their_own_clock(
+    time_skipping_env: WorkflowEnvironment,
+    client: Client,
+    engine: Engine,
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "local.yaml").write_text(
+        "kind: segment\nid: all\nrule: {attribute: newsletter, op: eq, value: true}\n---\n"
+        "kind: template\nid: hello\nchannel: email\nsubject: Hello\nbody: Good morning\n---\n"
+        "kind: campaign\nid: morning\naudience: {segment: all}\nchannel: email\n"
+        "template: hello\nsend_at: {local_time: '09:00'}\n"
+    )
+    apply_paths(engine, [tmp_path / "local.yaml"])
+    # The shared test server's clock may run ahead of ours.
+    now = await time_skipping_env.get_current_time()
+    early, late = zone_where_it_is(5, now), zone_where_it_is(13, now)
+    upsert_profiles(
+        engine,
+        [
+            profile_update(
+                name, email=f"{name}@example.com", timezone=zone, attributes={"newsletter": True}
+            )
+            for name, zone in (("early", early), ("late", late))
+        ],
+    )
+    handle = await start_run(client, engine, settings, "morning")
+    report = await handle.result()
+    assert (report.sent, report.held) == (2, 0)
+    with Session(engine) as session:
+        sent = {r.profile_id: r.sent_at for r in session.scalars(select(DeliveryRow))}
+    assert sent["early"] is not None and sent["late"] is not None
+    local = sent["early"].astimezone(ZoneInfo(early))
+    assert (local.hour, local.minute) == (9, 0), "held until 09:00 on the early riser's clock"
+    assert sent["late"] < sent["early"] - timedelta(hours=3), "09:00 had passed there: sent at once"
+    timers = [
+        e
+        for e in (await handle.fetch_history()).events
+        if e.event_type == EventType.EVENT_TYPE_TIMER_STARTED
+    ]
+    assert len(timers) == 1
