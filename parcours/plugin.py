@@ -16,6 +16,7 @@ from activities.delivery import DeliveryActivities
 from activities.journey_steps import JourneyActivities
 from activities.recheck import SegmentActivities
 from activities.webhooks import WebhookActivities
+from parcours.compiled import compile_once
 from parcours.settings import Settings
 from workflows.journey import JourneyWorkflow
 from workflows.segment_recheck import SegmentRecheckWorkflow
@@ -26,6 +27,8 @@ WORKFLOWS: list[type] = [JourneyWorkflow, SegmentRecheckWorkflow]
 class ParcoursPlugin(SimplePlugin):
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings.load()
+        # The sandbox imports each workflow's module for every run: compile it only once.
+        compile_once(w.__module__ for w in WORKFLOWS)
         # Not `self.activities`: SimplePlugin keeps its activity list under that name.
         delivery = DeliveryActivities(self.settings)
         segments = SegmentActivities(self.settings)
