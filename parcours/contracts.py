@@ -42,6 +42,10 @@ class Resume(BaseModel):
     seen: list[str]
     visits: dict[str, int]
     path: list[Step]
+    # Set when the entry continued in the middle of a `wait_for_event` at `node`: the same
+    # wait goes on until this deadline, first reading the events it had not read yet.
+    waiting_until: datetime | None = None
+    unread: list[EventRef] = Field(default_factory=list)
 
 
 class JourneyInput(BaseModel):
