@@ -328,6 +328,14 @@ def set_status(
         return previous
 
 
+def journey_version(engine: Engine, journey_id: str, version: int) -> Journey | None:
+    """One published version of a journey, as it was published."""
+    for found in _versions_of(engine):
+        if found.journey.id == journey_id and found.version == version:
+            return found.journey
+    return None
+
+
 def current_journey(engine: Engine, journey_id: str) -> tuple[Journey, int, str] | None:
     """The journey's current version, its number and the journey's status."""
     with Session(engine) as session:

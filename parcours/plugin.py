@@ -13,6 +13,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.plugin import SimplePlugin
 
 from activities.delivery import DeliveryActivities
+from activities.finishes import FinishActivities
 from activities.journey_steps import JourneyActivities
 from activities.recheck import SegmentActivities
 from activities.webhooks import WebhookActivities
@@ -34,6 +35,7 @@ class ParcoursPlugin(SimplePlugin):
         segments = SegmentActivities(self.settings)
         steps = JourneyActivities(self.settings)
         webhooks = WebhookActivities(self.settings)
+        finishes = FinishActivities(self.settings)
         super().__init__(
             "parcours",
             data_converter=pydantic_data_converter,
@@ -45,5 +47,6 @@ class ParcoursPlugin(SimplePlugin):
                 steps.update_profile,
                 steps.resolve_wait,
                 webhooks.call_webhook,
+                finishes.record_finish,
             ],
         )

@@ -228,7 +228,11 @@ async def _enter_or_feed(
             await client.start_workflow(
                 JourneyWorkflow.run,
                 JourneyInput(
-                    journey=journey, version=version, profile_id=profile_id, entry_event=ref
+                    journey=journey,
+                    version=version,
+                    profile_id=profile_id,
+                    entry_event=ref,
+                    record_finish=True,
                 ),
                 id=workflow_id,
                 task_queue=settings.task_queue,

@@ -23,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
     from parcours import search_attributes as sa
     from parcours.contracts import (
         DeliveryResult,
+        EntryFinished,
         EventRef,
         JourneyInput,
         JourneyPosition,
@@ -132,7 +133,31 @@ class JourneyWorkflow:
                 break
             node_id = step.result()
         self._finished = True
+        if input.record_finish:
+            await self._record_finish()
         return self.position()
+
+    async def _record_finish(self) -> None:
+        """One row per entry for reports (`journeys show`): a local activity, so it costs no
+        round trip to the server, and no Temporal action per node."""
+        info = workflow.info()
+        assert self._node is not None
+        await workflow.execute_local_activity(
+            "record_finish",
+            EntryFinished(
+                workflow_id=info.workflow_id,
+                first_run_id=info.first_execution_run_id,
+                journey_id=self._input.journey.id,
+                version=self._input.version,
+                profile_id=self._input.profile_id,
+                node=self._node,
+                exit=self._exit,
+                visits=self._visits,
+                finished_at=workflow.now(),
+            ),
+            start_to_close_timeout=STEP_TIMEOUT,
+            summary="record the finish",
+        )
 
     def _history_too_long(self) -> bool:
         info = workflow.info()
