@@ -129,7 +129,7 @@ class JourneyWorkflow:
                 with contextlib.suppress(asyncio.CancelledError, ActivityError):
                     await step
                 self._outcome(f"exited: {self._exit_reason}")
-                self._settle(node_id)
+                self._settle_finished(node_id)
                 break
             node_id = step.result()
         self._finished = True
@@ -236,6 +236,13 @@ class JourneyWorkflow:
         if self._indexed_node != node_id:
             self._indexed_node = node_id
             workflow.upsert_search_attributes([sa.NODE.value_set(node_id)])
+
+    def _settle_finished(self, node_id: str) -> None:
+        """Where an entry ended: in the store for entries that record their finish (so
+        ParcoursNode names where running entries are, and ending costs no extra action);
+        entries started before that index it, as they did."""
+        if not self._input.record_finish:
+            self._settle(node_id)
 
     def _outcome(self, outcome: str) -> None:
         self._path[-1].outcome = outcome
@@ -405,7 +412,7 @@ class JourneyWorkflow:
         return node.next
 
     async def _end(self, node: EndNode) -> None:
-        self._settle(node.id)
+        self._settle_finished(node.id)
         workflow.set_current_details(f"Finished at **{node.id}**")
         self._outcome("ended")
         return None
