@@ -33,6 +33,18 @@ nodes:
      timeout: 10d, on_event: hit, on_timeout: late}
   - {id: hit, type: end}
   - {id: late, type: end}
+---
+kind: journey
+id: restless
+entry: {api: true}
+exit_when: [{event: cancel}]
+start: await-pong
+nodes:
+  - {id: await-pong, type: wait_for_event, event: pong, timeout: 10d, on_event: await-ping,
+     on_timeout: done}
+  - {id: await-ping, type: wait_for_event, event: ping, timeout: 1d, on_event: done,
+     on_timeout: done}
+  - {id: done, type: end}
 """
 WORKFLOW_ID = "journey:patient:ada"
 # Each event that does not match costs the history about a dozen events (the signal, the
@@ -52,16 +64,16 @@ async def client(
 
 
 async def start(
-    client: Client, engine: Engine, settings: Settings
+    client: Client, engine: Engine, settings: Settings, journey: str = "patient"
 ) -> WorkflowHandle[JourneyWorkflow, JourneyPosition]:
-    found = catalog.current_journey(engine, "patient")
+    found = catalog.current_journey(engine, journey)
     assert found is not None
     return await client.start_workflow(
         JourneyWorkflow.run,
         JourneyInput(
             journey=found[0], version=found[1], profile_id="ada", history_limit=HISTORY_LIMIT
         ),
-        id=WORKFLOW_ID,
+        id=f"journey:{journey}:ada",
         task_queue=settings.task_queue,
     )
 
@@ -74,11 +86,13 @@ async def ping(client: Client, engine: Engine, settings: Settings, n: int) -> st
     return routed.event.id
 
 
-async def continued(client: Client, first_run_id: str | None) -> bool:
+async def continued(
+    client: Client, first_run_id: str | None, workflow_id: str = WORKFLOW_ID
+) -> bool:
     """Whether the entry is on a later run than `first_run_id` (events are handled in the
     background, so give it a moment)."""
     for _ in range(50):
-        if (await client.get_workflow_handle(WORKFLOW_ID).describe()).run_id != first_run_id:
+        if (await client.get_workflow_handle(workflow_id).describe()).run_id != first_run_id:
             return True
         await asyncio.sleep(0.1)
     return False
@@ -121,3 +135,29 @@ async def test_a_continued_wait_keeps_its_deadline(
     ]
     waited = position.path[1].entered_at - position.path[0].entered_at
     assert timedelta(days=10) <= waited < timedelta(days=10, hours=1), "not 10 days from the CAN"
+
+
+async def test_an_exit_event_among_many_ends_the_entry_across_continuing_as_new(
+    time_skipping_env: WorkflowEnvironment, client: Client, engine: Engine, settings: Settings
+) -> None:
+    # `restless` waits for pong while it listens to ping (its next node), so each ping is an
+    # event that does not match, with no activity to check it: an exit then cancels only the
+    # wait's timer (the test server holds time still for an activity cancelled mid-way).
+    first_run = (await start(client, engine, settings, "restless")).first_execution_run_id
+    await time_skipping_env.sleep(timedelta(hours=1))
+
+    async def send(kind: str) -> str:
+        routed = await send_event(client, engine, settings, NewEvent(type=kind, profile_id="ada"))
+        return routed.event.id
+
+    for _ in range(16):  # one by one: each is a workflow task of its own
+        await send("ping")
+    assert await continued(client, first_run, "journey:restless:ada")
+    # Sent together: the exit may arrive before, during or after continuing as new again.
+    *_, cancelled = await asyncio.gather(*(send("ping") for _ in range(8)), send("cancel"))
+    position = await finish(time_skipping_env, client, "journey:restless:ada")
+
+    assert position.exit_reason == f"cancel ({cancelled})"
+    assert [(s.node, s.outcome) for s in position.path] == [
+        ("await-pong", f"exited: cancel ({cancelled})")
+    ]

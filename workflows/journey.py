@@ -115,7 +115,8 @@ class JourneyWorkflow:
         while node_id is not None:
             node = input.journey.node(node_id)
             if not entered:
-                if self._history_too_long():
+                # An exit heard in this same task is acted on here, not lost to a new run.
+                if self._exit_reason is None and self._history_too_long():
                     self._continue_as_new(node_id)
                 self._enter(node_id, node.type)
             entered = False
