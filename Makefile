@@ -44,7 +44,7 @@ bench: $(STAMP)
 
 # Record the histories the replay test runs (see docs/changing-workflows.md).
 histories: $(STAMP)
-	$(BIN)/python tests/record_histories.py
+	$(BIN)/python tests/record_histories.py --tag "$(TAG)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -176,37 +176,106 @@ def _save_campaign(
 
 def live_journeys_for_event(engine: Engine, event_type: str) -> list[tuple[Journey, int]]:
     """The current version of every live journey that this event type enters."""
-    return _live(engine, JourneyRow.entry_event == event_type)
+    return routes_for_event(engine, event_type).entering
 
 
 def live_journeys_for_segment(engine: Engine, segment_id: str) -> list[tuple[Journey, int]]:
     """The current version of every live journey entered by joining this segment."""
-    return _live(engine, JourneyRow.entry_segment == segment_id)
+    return [
+        (version.journey, version.version)
+        for version in _versions_of(engine)
+        if version.is_live_current and version.journey.entry.segment_entered == segment_id
+    ]
 
 
-def _live(engine: Engine, entered_by: Any) -> list[tuple[Journey, int]]:
+@dataclass(frozen=True)
+class EventRoutes:
+    """What one event type means to the published journeys, read in one query."""
+
+    entering: list[tuple[Journey, int]]  # live journeys it enters, at their current version
+    listening: list[str]  # journeys not stopped whose entries wait for it or leave on it
+    converts: bool  # some version's goal is this event type
+
+
+def routes_for_event(engine: Engine, event_type: str) -> EventRoutes:
+    versions = _versions_of(engine)
+    return EventRoutes(
+        entering=[
+            (v.journey, v.version)
+            for v in versions
+            if v.is_live_current and v.journey.entry.event == event_type
+        ],
+        listening=sorted(
+            {
+                v.journey.id
+                for v in versions
+                if v.status != "stopped" and event_type in v.journey.listens_to()
+            }
+        ),
+        converts=any(v.journey.goal and v.journey.goal.event == event_type for v in versions),
+    )
+
+
+@dataclass(frozen=True)
+class _Version:
+    journey: Journey
+    version: int
+    status: str  # the journey's
+    is_live_current: bool
+
+
+# Parsed journey versions by checksum: a version never changes once published, and every
+# event reads them all, so each is validated once per process (the checksum, not the id,
+# keys it: two stores in one process may both have a version 1 of a journey).
+_parsed: dict[str, Journey] = {}
+
+
+def _versions_of(engine: Engine) -> list[_Version]:
+    """Every published version of every journey, with its journey's status."""
     with Session(engine) as session:
         rows = session.execute(
-            select(JourneyVersionRow)
-            .join(
-                JourneyRow,
-                (JourneyRow.id == JourneyVersionRow.journey_id)
-                & (JourneyRow.current_version == JourneyVersionRow.version),
-            )
-            .where(JourneyRow.status == "live", entered_by)
-        ).scalars()
-        return [(Journey.model_validate(r.definition), r.version) for r in rows]
+            select(
+                JourneyVersionRow.journey_id,
+                JourneyVersionRow.version,
+                JourneyVersionRow.checksum,
+                JourneyRow.status,
+                JourneyRow.current_version,
+            ).join(JourneyRow, JourneyRow.id == JourneyVersionRow.journey_id)
+        ).all()
+        missing = [checksum for _, _, checksum, _, _ in rows if checksum not in _parsed]
+        if missing:
+            for checksum, definition in session.execute(
+                select(JourneyVersionRow.checksum, JourneyVersionRow.definition).where(
+                    JourneyVersionRow.checksum.in_(missing)
+                )
+            ):
+                _parsed[checksum] = Journey.model_validate(definition)
+    return [
+        _Version(_parsed[checksum], version, status, status == "live" and version == current)
+        for _, version, checksum, status, current in rows
+    ]
+
+
+# Templates as published with a journey version, by (store, journey, version, template):
+# immutable, and read for every message.
+_journey_templates: dict[tuple[str, str, int, str], Template] = {}
 
 
 def journey_template(
     engine: Engine, journey_id: str, version: int, template_id: str
 ) -> Template | None:
     """The template as it was when this journey version was published."""
+    key = (engine.url.render_as_string(), journey_id, version, template_id)
+    cached = _journey_templates.get(key)
+    if cached is not None:
+        return cached
     with Session(engine) as session:
         row = session.get(JourneyVersionRow, (journey_id, version))
         if row is None or template_id not in row.templates:
             return None
-        return Template.model_validate(row.templates[template_id])
+        found = Template.model_validate(row.templates[template_id])
+    _journey_templates[key] = found
+    return found
 
 
 def template(engine: Engine, template_id: str) -> Template | None:
@@ -239,29 +308,14 @@ def list_journeys(engine: Engine) -> list[JourneyVersion]:
         ]
 
 
-# Versions never change once published, so each is parsed once per process.
-_versions: dict[tuple[str, int], Journey] = {}
-
-
 def running_versions(engine: Engine) -> list[Journey]:
     """Every version of every journey not stopped: those running entries may be on."""
-    with Session(engine) as session:
-        keys = session.execute(
-            select(JourneyVersionRow.journey_id, JourneyVersionRow.version)
-            .join(JourneyRow, JourneyRow.id == JourneyVersionRow.journey_id)
-            .where(JourneyRow.status != "stopped")
-        ).all()
-        for journey_id, version in keys:
-            if (journey_id, version) not in _versions:
-                row = session.get(JourneyVersionRow, (journey_id, version))
-                assert row is not None
-                _versions[(journey_id, version)] = Journey.model_validate(row.definition)
-    return [_versions[(j, v)] for j, v in keys]
+    return [v.journey for v in _versions_of(engine) if v.status != "stopped"]
 
 
 def journeys_listening_to(engine: Engine, event_type: str) -> list[str]:
     """Journeys with any version whose running entries wait for or exit on this event type."""
-    return sorted({j.id for j in running_versions(engine) if event_type in j.listens_to()})
+    return routes_for_event(engine, event_type).listening
 
 
 def journeys_exiting_on_segment(engine: Engine, segment_id: str) -> list[str]:
@@ -293,6 +347,14 @@ def set_status(
             )
         row.status = status
         return previous
+
+
+def journey_version(engine: Engine, journey_id: str, version: int) -> Journey | None:
+    """One published version of a journey, as it was published."""
+    for found in _versions_of(engine):
+        if found.journey.id == journey_id and found.version == version:
+            return found.journey
+    return None
 
 
 def current_journey(engine: Engine, journey_id: str) -> tuple[Journey, int, str] | None:

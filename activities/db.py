@@ -148,6 +148,22 @@ class JourneyEntryRow(Base):
     entries: Mapped[int] = mapped_column(default=1)
 
 
+class JourneyFinishRow(Base):
+    """One finished entry (ended or left early): what `journeys show` counts per node."""
+
+    __tablename__ = "journey_finishes"
+    workflow_id: Mapped[str] = mapped_column(String(512), primary_key=True)
+    first_run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    journey_id: Mapped[str] = mapped_column(String(128))
+    version: Mapped[int]
+    profile_id: Mapped[str] = mapped_column(String(255))
+    node: Mapped[str] = mapped_column(String(128))
+    exit: Mapped[str | None] = mapped_column(Text)
+    visits: Mapped[dict[str, Any]]  # node id -> times entered
+    finished_at: Mapped[datetime]
+    __table_args__ = (Index("ix_journey_finishes_journey", "journey_id", "version"),)
+
+
 class ConversionRow(Base):
     """A journey goal reached: at most one per entry, attributed to its version and variants."""
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import Table, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -21,6 +22,9 @@ def may_enter(
     (At most one live entry per profile is Temporal's doing: one workflow id per pair.)"""
     now = now or utcnow()
     journeys = list(journeys)
+    if all(j.re_entry == "after_exit" for j in journeys):
+        # The default rule needs no history: Temporal's one running entry per id is all of it.
+        return {j.id for j in journeys}
     with Session(engine) as session:
         previous = {
             row.journey_id: row
@@ -48,6 +52,29 @@ def record_entry(
     engine: Engine, journey_id: str, version: int, profile_id: str, now: datetime | None = None
 ) -> None:
     now = now or utcnow()
+    if engine.dialect.name in ("sqlite", "postgresql"):
+        # One statement, no read first: this runs for every entry that starts.
+        insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        table: Table = JourneyEntryRow.__table__  # type: ignore[assignment]
+        statement = insert(table).values(
+            journey_id=journey_id,
+            profile_id=profile_id,
+            first_entered_at=now,
+            last_entered_at=now,
+            last_version=version,
+            entries=1,
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=[table.c.journey_id, table.c.profile_id],
+            set_={
+                "last_entered_at": statement.excluded.last_entered_at,
+                "last_version": statement.excluded.last_version,
+                "entries": table.c.entries + 1,
+            },
+        )
+        with engine.begin() as connection:
+            connection.execute(statement)
+        return
     try:
         with Session(engine) as session, session.begin():
             row = session.get(JourneyEntryRow, (journey_id, profile_id), with_for_update=True)

@@ -42,6 +42,10 @@ class Resume(BaseModel):
     seen: list[str]
     visits: dict[str, int]
     path: list[Step]
+    # Set when the entry continued in the middle of a `wait_for_event` at `node`: the same
+    # wait goes on until this deadline, first reading the events it had not read yet.
+    waiting_until: datetime | None = None
+    unread: list[EventRef] = Field(default_factory=list)
 
 
 class JourneyInput(BaseModel):
@@ -53,6 +57,11 @@ class JourneyInput(BaseModel):
     # Past this many history events the entry continues as new at its next node, so a journey
     # that loops for months keeps a short history (Temporal suggests it near 10,000 anyway).
     history_limit: int = 2000
+    # Record the entry's finish for reports (`record_finish`). Set by the router for every
+    # new entry; entries started before it existed lack it and replay as they ran. A flag in
+    # the input rather than `workflow.patched`, which would cost every entry a
+    # search-attribute upsert (TemporalChangeVersion).
+    record_finish: bool = False
 
 
 class JourneyPosition(BaseModel):
@@ -66,6 +75,21 @@ class JourneyPosition(BaseModel):
     exit_reason: str | None = None
     path: list[Step] = Field(default_factory=list)
     events: list[str] = Field(default_factory=list)
+
+
+class EntryFinished(BaseModel):
+    """An entry's end, recorded once for reports: where it ended, why, and every node it
+    passed through (with how often, for loops)."""
+
+    workflow_id: str
+    first_run_id: str  # with the workflow id, names one entry across its continued runs
+    journey_id: str
+    version: int
+    profile_id: str
+    node: str  # the `end` node, or the node where it left on an exit
+    exit: str | None = None  # why it left early: the exit event type, segment, or a stop
+    visits: dict[str, int]
+    finished_at: datetime
 
 
 class SendMessageInput(BaseModel):

@@ -14,9 +14,11 @@ from temporalio.plugin import SimplePlugin
 
 from activities.campaigns import CampaignActivities
 from activities.delivery import DeliveryActivities
+from activities.finishes import FinishActivities
 from activities.journey_steps import JourneyActivities
 from activities.recheck import SegmentActivities
 from activities.webhooks import WebhookActivities
+from parcours.compiled import compile_once
 from parcours.settings import Settings
 from workflows.campaign import CampaignScheduleWorkflow, CampaignWorkflow
 from workflows.journey import JourneyWorkflow
@@ -33,12 +35,15 @@ WORKFLOWS: list[type] = [
 class ParcoursPlugin(SimplePlugin):
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings.load()
+        # The sandbox imports each workflow's module for every run: compile it only once.
+        compile_once(w.__module__ for w in WORKFLOWS)
         # Not `self.activities`: SimplePlugin keeps its activity list under that name.
         delivery = DeliveryActivities(self.settings)
         segments = SegmentActivities(self.settings)
         steps = JourneyActivities(self.settings)
         webhooks = WebhookActivities(self.settings)
         campaigns = CampaignActivities(self.settings)
+        finishes = FinishActivities(self.settings)
         super().__init__(
             "parcours",
             data_converter=pydantic_data_converter,
@@ -50,6 +55,7 @@ class ParcoursPlugin(SimplePlugin):
                 steps.update_profile,
                 steps.resolve_wait,
                 webhooks.call_webhook,
+                finishes.record_finish,
                 campaigns.start_campaign_run,
                 campaigns.send_campaign_page,
                 campaigns.finish_campaign_run,

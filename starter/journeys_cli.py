@@ -114,24 +114,38 @@ def journeys_show(
     ctx: typer.Context,
     journey_id: JourneyId,
     output: Annotated[str, typer.Option("--format", help="table or mermaid.")] = "table",
+    version: Annotated[
+        int | None, typer.Option(help="Which version (default: the current one).")
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """The journey's nodes, status, and how many profiles are at each node now."""
-    from activities.catalog import current_journey
+    """The journey's nodes and status; per node, the entries there now, those that passed
+    through it and those that finished there (ended, or left early and why)."""
+    from activities.catalog import current_journey, journey_version
+    from activities.finishes import node_counts
     from activities.goals import conversion_counts
     from parcours.durations import format_duration
-    from starter.lifecycle import where_profiles_are
+    from starter.journey_report import node_reports
+    from starter.lifecycle import entries_now
 
-    found = current_journey(engine(ctx), journey_id)
+    db = engine(ctx)
+    found = current_journey(db, journey_id)
     if found is None:
         raise CommandError(f"no journey {journey_id!r} is published")
-    journey, version, status = found
+    journey, current, status = found
+    shown = current if version is None else version
+    if shown != current:
+        older = journey_version(db, journey_id, shown)
+        if older is None:
+            raise CommandError(f"journey {journey_id!r} has no version {shown}")
+        journey = older
     config = settings(ctx)
 
-    async def counts() -> dict[str, int]:
-        return dict(await where_profiles_are(await connect(config), journey_id))
+    async def running() -> dict[tuple[int, str], int]:
+        return dict(await entries_now(await connect(config), journey_id))
 
-    here = asyncio.run(counts())
+    everywhere = asyncio.run(running())
+    here = {node: count for (v, node), count in everywhere.items() if v == shown}
     if output == "mermaid":
         from parcours.mermaid import to_mermaid
 
@@ -139,52 +153,84 @@ def journeys_show(
         return
     if output != "table":
         raise CommandError(f"--format: expected table or mermaid, got {output!r}")
-    conversions = conversion_counts(engine(ctx), journey_id)
+    finished = node_counts(db, journey_id)
+    rows = node_reports(journey, here, finished.get(shown))
+    conversions = conversion_counts(db, journey_id)
+    versions = sorted({v for v, _ in everywhere} | set(finished) | {shown})
+    per_version = {
+        v: {
+            "now": sum(c for (w, _), c in everywhere.items() if w == v),
+            "finished": finished[v].finished if v in finished else 0,
+        }
+        for v in versions
+    }
     if as_json:
         print_json(
             {
                 "id": journey_id,
-                "version": version,
+                "version": shown,
+                "current_version": current,
                 "status": status,
                 "conversions": {str(v): c for v, c in conversions.items()},
+                "versions": {str(v): counts for v, counts in per_version.items()},
                 "nodes": [
                     {
-                        "id": n.id,
-                        "type": n.type,
-                        "next": [t for _, t in n.edges()],
-                        "now": here.get(n.id, 0),
+                        "id": row.id,
+                        "type": row.type,
+                        "next": row.next,
+                        "now": row.now,
+                        "passed": row.passed,
+                        "ended": row.ended,
+                        "exits": row.exits,
                     }
-                    for n in journey.nodes
+                    for row in rows
                 ],
             }
         )
         return
+    label = "" if shown == current else f" (showing v{shown})"
     out.print(
-        f"journey {journey_id} v{version} ({status}), entry on {journey.entry.describe()}",
+        f"journey {journey_id} v{current} ({status}){label}, entry on {journey.entry.describe()}",
         highlight=False,
     )
-    table = Table("node", "type", "does", "next", "here now")
-    for node in journey.nodes:
+    table = Table("node", "type", "does", "next", "passed", "here now", "finished here")
+    for row in rows:
         table.add_row(
-            node.id,
-            node.type,
-            node.summary(),
-            ", ".join(t for _, t in node.edges()),
-            str(here.get(node.id, 0)),
+            row.id,
+            row.type,
+            row.summary,
+            ", ".join(row.next),
+            str(row.passed),
+            str(row.now),
+            row.finished_here(),
         )
     out.print(table)
+    out.print(
+        "passed: entries that have finished and went through the node; "
+        "entries still inside count under here now",
+        highlight=False,
+    )
+    if len(versions) > 1:
+        out.print(
+            "versions: "
+            + "; ".join(
+                f"v{v}: {c['now']} inside, {c['finished']} finished" for v, c in per_version.items()
+            )
+            + " (--version N shows one)",
+            highlight=False,
+        )
     if journey.goal is not None:
         out.print(
             f"goal: {journey.goal.event} within {format_duration(journey.goal.within)}",
             highlight=False,
         )
-        for version, report in conversions.items():
+        for number, report in conversions.items():
             splits = "; ".join(
                 f"{node}: " + ", ".join(f"{name} {count}" for name, count in sorted(counts.items()))
                 for node, counts in report["variants"].items()
             )
             out.print(
-                f"  v{version}: {report['conversions']} conversions"
+                f"  v{number}: {report['conversions']} conversions"
                 + (f" ({splits})" if splits else ""),
                 highlight=False,
             )

@@ -43,6 +43,15 @@ async def set_status(
 async def where_profiles_are(client: Client, journey_id: str) -> Counter[str]:
     """How many running entries are at each node, from the visibility store."""
     counts: Counter[str] = Counter()
+    for (_, node), count in (await entries_now(client, journey_id)).items():
+        counts[node] += count
+    return counts
+
+
+async def entries_now(client: Client, journey_id: str) -> Counter[tuple[int, str]]:
+    """How many running entries are at each (version, node), from the visibility store."""
+    counts: Counter[tuple[int, str]] = Counter()
     async for execution in client.list_workflows(running_query(journey_id)):
-        counts[execution.typed_search_attributes.get(sa.NODE) or "?"] += 1
+        attributes = execution.typed_search_attributes
+        counts[(attributes.get(sa.JOURNEY_VERSION) or 0, attributes.get(sa.NODE) or "?")] += 1
     return counts

@@ -76,7 +76,9 @@ async def send_event(
 def _record(
     engine: Engine, new: NewEvent, only: str | None
 ) -> tuple[Routed, list[tuple[Journey, int]], list[str], set[str]]:
-    entering = catalog.live_journeys_for_event(engine, new.type)
+    # Entry, listening and goals read in one query, on definitions parsed once per process.
+    routes = catalog.routes_for_event(engine, new.type)
+    entering = routes.entering
     if only is not None:
         entering = [(j, v) for j, v in entering if j.id == only]
         if not entering:
@@ -86,14 +88,11 @@ def _record(
     if duplicate:
         return routed, [], [], set()
     routed.segments = refresh_profile(engine, event.profile_id, event_type=event.type)
-    routed.conversions = record_conversions(engine, event)
+    if routes.converts:  # most events are nobody's goal: no need to read the entries
+        routed.conversions = record_conversions(engine, event)
     entering = _admitted(engine, entering, event)
     started = {journey.id for journey, _ in entering}
-    listening = [
-        j
-        for j in catalog.journeys_listening_to(engine, event.type)
-        if j not in started and (only is None or j == only)
-    ]
+    listening = [j for j in routes.listening if j not in started and (only is None or j == only)]
     allowed = may_enter(engine, [journey for journey, _ in entering], event.profile_id)
     return routed, entering, listening, allowed
 
@@ -229,7 +228,11 @@ async def _enter_or_feed(
             await client.start_workflow(
                 JourneyWorkflow.run,
                 JourneyInput(
-                    journey=journey, version=version, profile_id=profile_id, entry_event=ref
+                    journey=journey,
+                    version=version,
+                    profile_id=profile_id,
+                    entry_event=ref,
+                    record_finish=True,
                 ),
                 id=workflow_id,
                 task_queue=settings.task_queue,

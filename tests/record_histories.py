@@ -4,30 +4,40 @@ Run it after a deliberate change to workflow code, once the change is guarded wi
 `workflow.patched` so the histories recorded before it still replay (see
 docs/changing-workflows.md). Each scenario walks a profile through an example journey on the
 time-skipping server and writes its history to tests/histories/.
+
+    python tests/record_histories.py --tag finish    # writes welcome-finish.json, ...
+
+Histories already committed are never overwritten: entries recorded by older code may still be
+running somewhere, so their histories must keep replaying. Give each recording a new tag.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import tempfile
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from temporalio.client import Client, WorkflowExecutionStatus
+from sqlalchemy.engine import Engine
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from activities import catalog
 from activities.apply import apply_paths
 from activities.db import engine_for
 from activities.profiles import set_profile
 from activities.segments import refresh_profile
+from parcours.contracts import JourneyInput
 from parcours.plugin import ParcoursPlugin
 from parcours.records import NewEvent
 from parcours.settings import Settings
 from starter.binaries import temporal_test_server
 from starter.routing import route_transitions, send_event
 from starter.search_attributes import register
+from workflows.journey import JourneyWorkflow
 
 ROOT = Path(__file__).parent.parent
 HISTORIES = Path(__file__).parent / "histories"
@@ -48,16 +58,28 @@ SCENARIOS: dict[str, list[tuple[str, dict[str, object], float]]] = {
     "tour": [("tour", {}, 0)],
     "segment-exit": [("join_pro", {}, 0), ("leave_pro", {}, 2)],
 }
+# A `wait_for_event` that hears events that do not match until its history is long, continues
+# as new in the middle of the wait, and ends on the matching event in its second run (both runs
+# are written). The entry starts with a short history limit, so it is started here directly.
+WAIT_CONTINUES = "wait-continues"
+WAIT_HISTORY_LIMIT = 30
 
 
-async def record() -> None:
+def history_path(name: str, tag: str) -> Path:
+    path = HISTORIES / (f"{name}-{tag}.json" if tag else f"{name}.json")
+    if path.exists():
+        raise SystemExit(f"{path} exists: record with another --tag (see the module docstring)")
+    return path
+
+
+async def record(tag: str) -> None:
     HISTORIES.mkdir(exist_ok=True)
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=str(temporal_test_server())
     )
     try:
         await register(env.client)
-        for name, events in SCENARIOS.items():
+        for name, events in [*SCENARIOS.items(), (WAIT_CONTINUES, [])]:
             data = Path(tempfile.mkdtemp())
             settings = Settings.load(data, env={}).model_copy(
                 update={"task_queue": f"record-{uuid.uuid4()}"}
@@ -77,6 +99,13 @@ async def record() -> None:
             config["plugins"] = [ParcoursPlugin(settings)]
             client = Client(**config)
             async with Worker(client, task_queue=settings.task_queue):
+                if name == WAIT_CONTINUES:
+                    for run, history in enumerate(
+                        await wait_continues(env, client, engine, settings), start=1
+                    ):
+                        history_path(f"{name}-run{run}", tag).write_text(history.to_json())
+                        print(f"recorded {name} run {run}: {len(history.events)} events")
+                    continue
                 workflow_id = ""
                 for kind, properties, hours in events:
                     if hours:
@@ -94,11 +123,50 @@ async def record() -> None:
                 while (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
                     await env.sleep(timedelta(hours=1))
                 history = await handle.fetch_history()
-            (HISTORIES / f"{name}.json").write_text(history.to_json())
+            history_path(name, tag).write_text(history.to_json())
             print(f"recorded {name}: {len(history.events)} events")
     finally:
         await env.shutdown()
 
 
+async def wait_continues(
+    env: WorkflowEnvironment, client: Client, engine: Engine, settings: Settings
+) -> list[WorkflowHistory]:
+    found = catalog.current_journey(engine, "patient")
+    assert found is not None
+    first = await client.start_workflow(
+        JourneyWorkflow.run,
+        JourneyInput(
+            journey=found[0],
+            version=found[1],
+            profile_id="ada",
+            history_limit=WAIT_HISTORY_LIMIT,
+            record_finish=True,
+        ),
+        id="journey:patient:ada",
+        task_queue=settings.task_queue,
+    )
+    await env.sleep(timedelta(hours=1))
+    handle = client.get_workflow_handle("journey:patient:ada")
+    for n in range(10):
+        event = NewEvent(type="ping", profile_id="ada", properties={"n": n})
+        await send_event(client, engine, settings, event)
+    while (await handle.describe()).run_id == first.first_execution_run_id:
+        await asyncio.sleep(0.1)
+    await send_event(
+        client, engine, settings, NewEvent(type="ping", profile_id="ada", properties={"n": 99})
+    )
+    while (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+        await env.sleep(timedelta(hours=1))
+    runs = [client.get_workflow_handle(first.id, run_id=first.first_execution_run_id), handle]
+    return [await run.fetch_history() for run in runs]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Record the histories the replay test runs.")
+    parser.add_argument("--tag", default="", help="suffix for the new files' names")
+    asyncio.run(record(parser.parse_args().tag))
+
+
 if __name__ == "__main__":
-    asyncio.run(record())
+    main()

@@ -81,11 +81,16 @@ async def test_search_attributes_and_summaries_are_visible(
     assert attributes.get(sa.JOURNEY) == "welcome"
     assert attributes.get(sa.PROFILE) == "ada"
     assert attributes.get(sa.JOURNEY_VERSION) == 1
-    assert attributes.get(sa.NODE) == "done"
+    # The last node it stayed at; where it ended is its finish record's to say.
+    assert attributes.get(sa.NODE) == "wait-1d"
 
     converter = client.data_converter.payload_converter
-    summaries, upserts, signals = [], 0, 0
+    summaries, upserts, signals, finish_markers = [], 0, 0, 0
     async for event in handle.fetch_history_events():
+        finish_markers += (
+            event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+            and event.marker_recorded_event_attributes.marker_name == "core_local_activity"
+        )
         upserts += event.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES
         signals += event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED
         if event.event_type in (
@@ -94,8 +99,9 @@ async def test_search_attributes_and_summaries_are_visible(
         ):
             summaries.append(converter.from_payload(event.user_metadata.summary, str))
     assert summaries == ["email welcome-email", "wait 1d", "email tips-email"]
-    # ParcoursNode is updated where the profile settles (the wait, the end), not at each step.
-    assert upserts == 2
+    # ParcoursNode is updated where a running profile settles (the wait), not at each step.
+    assert upserts == 1
+    assert finish_markers == 1, "the finish is recorded by one local activity"
     # A new entry is a plain start: the event travels in the input, not in a second action.
     assert signals == 0
 

@@ -168,3 +168,24 @@ def test_migrations_upgrade_a_store_that_already_holds_profiles(database_url: st
     raw.dispose()
     profile = get_profile(engine_for(database_url), "old")
     assert profile is not None and profile.attributes == {"plan": "pro"}
+
+
+def test_two_stores_in_one_process_each_route_by_their_own_version_1(tmp_path: Path) -> None:
+    # Parsed versions are cached per process: by content, so another store's "version 1"
+    # of the same journey is never mistaken for this one's.
+    routes = {}
+    for name, entry in (("one", "signed_up"), ("two", "registered")):
+        folder = tmp_path / name
+        folder.mkdir()
+        for source in (EXAMPLES / "welcome").iterdir():
+            (folder / source.name).write_text(source.read_text().replace("signed_up", entry))
+        store = engine_for(f"sqlite:///{tmp_path / name / 'parcours.db'}")
+        catalog.publish(store, load_paths([folder]))
+        routes[name] = (
+            catalog.routes_for_event(store, "signed_up"),
+            catalog.routes_for_event(store, "registered"),
+        )
+    assert [(j.id, v) for j, v in routes["one"][0].entering] == [("welcome", 1)]
+    assert routes["one"][1].entering == []
+    assert routes["two"][0].entering == []
+    assert [(j.id, v) for j, v in routes["two"][1].entering] == [("welcome", 1)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
     from parcours import search_attributes as sa
     from parcours.contracts import (
         DeliveryResult,
+        EntryFinished,
         EventRef,
         JourneyInput,
         JourneyPosition,
@@ -61,6 +62,9 @@ WEBHOOK_RETRY = RetryPolicy(
 MAX_SEEN_EVENTS = 100
 # The path a continued entry keeps: enough to read where it has been lately.
 MAX_PATH_CARRIED = 50
+# A patch (see docs/changing-workflows.md): entries recorded before the change replay
+# without it.
+CONTINUE_WHILE_WAITING = "continue-as-new-while-waiting"
 
 
 @workflow.defn(name="JourneyWorkflow")
@@ -71,6 +75,8 @@ class JourneyWorkflow:
         self._node: str | None = None
         self._finished = False
         self._exit_reason: str | None = None
+        # What reports group exits by: the exit event's type, the segment left, the stop.
+        self._exit: str | None = None
         self._path: list[Step] = []
         self._seen: list[str] = [input.entry_event.id] if input.entry_event else []
         # Events that arrived since the entry began, for `wait_for_event` to read in order.
@@ -80,11 +86,16 @@ class JourneyWorkflow:
         self._segment_exits = input.journey.exits_on_segments()
         # Set at start by the router; kept in sync only where the profile settles.
         self._indexed_node = input.journey.start
+        # A `wait_for_event` carried over from the previous run: its deadline.
+        self._waiting_until: datetime | None = None
         if input.resume is not None:
             self._seen = input.resume.seen
             self._visits = input.resume.visits
             self._path = input.resume.path
             self._indexed_node = input.resume.indexed_node
+            self._waiting_until = input.resume.waiting_until
+            for event in input.resume.unread:
+                self._receive(event)
 
     @workflow.run
     async def run(self, input: JourneyInput) -> JourneyPosition:
@@ -99,11 +110,16 @@ class JourneyWorkflow:
             EndNode: self._end,
         }
         node_id: str | None = input.resume.node if input.resume else input.journey.start
+        # A wait carried over from the previous run was entered there already.
+        entered = self._waiting_until is not None
         while node_id is not None:
-            if self._history_too_long():
-                self._continue_as_new(node_id)
             node = input.journey.node(node_id)
-            self._enter(node_id, node.type)
+            if not entered:
+                # An exit heard in this same task is acted on here, not lost to a new run.
+                if self._exit_reason is None and self._history_too_long():
+                    self._continue_as_new(node_id)
+                self._enter(node_id, node.type)
+            entered = False
             step = asyncio.ensure_future(handlers[type(node)](node))
             await workflow.wait_condition(
                 lambda step=step: step.done() or self._exit_reason is not None  # type: ignore[misc]
@@ -114,11 +130,35 @@ class JourneyWorkflow:
                 with contextlib.suppress(asyncio.CancelledError, ActivityError):
                     await step
                 self._outcome(f"exited: {self._exit_reason}")
-                self._settle(node_id)
+                self._settle_finished(node_id)
                 break
             node_id = step.result()
         self._finished = True
+        if input.record_finish:
+            await self._record_finish()
         return self.position()
+
+    async def _record_finish(self) -> None:
+        """One row per entry for reports (`journeys show`): a local activity, so it costs no
+        round trip to the server, and no Temporal action per node."""
+        info = workflow.info()
+        assert self._node is not None
+        await workflow.execute_local_activity(
+            "record_finish",
+            EntryFinished(
+                workflow_id=info.workflow_id,
+                first_run_id=info.first_execution_run_id,
+                journey_id=self._input.journey.id,
+                version=self._input.version,
+                profile_id=self._input.profile_id,
+                node=self._node,
+                exit=self._exit,
+                visits=self._visits,
+                finished_at=workflow.now(),
+            ),
+            start_to_close_timeout=STEP_TIMEOUT,
+            summary="record the finish",
+        )
 
     def _history_too_long(self) -> bool:
         info = workflow.info()
@@ -127,15 +167,20 @@ class JourneyWorkflow:
             or info.get_current_history_length() > self._input.history_limit
         )
 
-    def _continue_as_new(self, node_id: str) -> None:
+    def _continue_as_new(
+        self, node_id: str, waiting_until: datetime | None = None, unread: Sequence[EventRef] = ()
+    ) -> None:
         """Carry the entry into a fresh history at `node_id`: the ids it has seen, the visits
-        that keep idempotency keys apart, and the last steps of its path."""
+        that keep idempotency keys apart, the last steps of its path and, in the middle of a
+        `wait_for_event`, its deadline and the events it has not read yet."""
         resume = Resume(
             node=node_id,
             indexed_node=self._indexed_node,
             seen=self._seen,
             visits=self._visits,
             path=self._path[-MAX_PATH_CARRIED:],
+            waiting_until=waiting_until,
+            unread=list(unread),
         )
         workflow.continue_as_new(self._input.model_copy(update={"resume": resume}))
 
@@ -146,21 +191,27 @@ class JourneyWorkflow:
         if event.id in self._seen:
             return
         self._seen = [*self._seen, event.id][-MAX_SEEN_EVENTS:]
-        if event.type in self._exits and self._exit_reason is None:
-            self._exit_reason = f"{event.type} ({event.id})"
+        self._receive(event)
+
+    def _receive(self, event: EventRef) -> None:
+        if event.type in self._exits:
+            self._leave(f"{event.type} ({event.id})", event.type)
         self._inbox.append(event)
+
+    def _leave(self, reason: str, exit: str) -> None:
+        if self._exit_reason is None:
+            self._exit_reason, self._exit = reason, exit
 
     @workflow.signal
     def segment_exited(self, segment_id: str) -> None:
         """The profile left a segment; an `exit_when: segment_exited` on it ends the entry."""
-        if segment_id in self._segment_exits and self._exit_reason is None:
-            self._exit_reason = f"left segment {segment_id}"
+        if segment_id in self._segment_exits:
+            self._leave(f"left segment {segment_id}", f"left segment {segment_id}")
 
     @workflow.signal
     def stop(self, reason: str) -> None:
         """The journey was stopped: leave wherever the profile is."""
-        if self._exit_reason is None:
-            self._exit_reason = reason
+        self._leave(reason, reason)
 
     @workflow.query
     def position(self) -> JourneyPosition:
@@ -186,6 +237,13 @@ class JourneyWorkflow:
         if self._indexed_node != node_id:
             self._indexed_node = node_id
             workflow.upsert_search_attributes([sa.NODE.value_set(node_id)])
+
+    def _settle_finished(self, node_id: str) -> None:
+        """Where an entry ended: in the store for entries that record their finish (so
+        ParcoursNode names where running entries are, and ending costs no extra action);
+        entries started before that index it, as they did."""
+        if not self._input.record_finish:
+            self._settle(node_id)
 
     def _outcome(self, outcome: str) -> None:
         self._path[-1].outcome = outcome
@@ -224,12 +282,14 @@ class JourneyWorkflow:
 
     async def _wait_for_event(self, node: WaitForEventNode) -> str:
         self._settle(node.id)
-        deadline = workflow.now() + node.timeout
+        carried, self._waiting_until = self._waiting_until, None
+        deadline = carried or workflow.now() + node.timeout
         workflow.set_current_details(
             f"At **{node.id}**: {node.summary()}, until {deadline:%Y-%m-%d %H:%M} UTC"
         )
-        # Only events after this point count: "the profile's next matching event".
-        cursor = len(self._inbox)
+        # Only events after this point count: "the profile's next matching event". A wait
+        # carried over from the previous run starts with the events that run had not read.
+        cursor = 0 if carried else len(self._inbox)
         while True:
             remaining = deadline - workflow.now()
             try:
@@ -251,6 +311,18 @@ class JourneyWorkflow:
                 ):
                     self._outcome(f"{event.type} ({event.id})")
                     return node.on_event
+            # Events that did not match grow the history while the wait goes on (for weeks,
+            # maybe): carry the wait into a fresh history once it is long.
+            if (
+                self._exit_reason is None
+                and self._history_too_long()
+                and workflow.patched(CONTINUE_WHILE_WAITING)
+            ):
+                # Signal handlers here are synchronous, but wait for them as the SDK advises:
+                # every event received so far is then in the inbox, and carried over.
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                if self._exit_reason is None:
+                    self._continue_as_new(node.id, deadline, self._inbox[cursor:])
 
     async def _condition(self, node: ConditionNode) -> str:
         index = await self._first_match([b.when for b in node.branches], self._entry_event_id)
@@ -356,7 +428,7 @@ class JourneyWorkflow:
         return node.next
 
     async def _end(self, node: EndNode) -> None:
-        self._settle(node.id)
+        self._settle_finished(node.id)
         workflow.set_current_details(f"Finished at **{node.id}**")
         self._outcome("ended")
         return None
