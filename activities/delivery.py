@@ -93,14 +93,17 @@ class DeliveryActivities(BoundActivities):
         admission = ledger.Admission(
             request, profile, address, rendered.subject, rendered.text, now
         )
-        refused = ledger.admit(self.engine, claim.delivery_id, admission, self.settings.delivery)
-        if refused is not None:
-            return refused
-
         sender = self.senders.get(request.channel)
-        if sender is None:
-            # The outbox: the message is recorded here, which is the whole of sending it.
-            return ledger.finish(self.engine, claim.delivery_id, "sent", provider="outbox")
+        done = ledger.admit(
+            self.engine,
+            claim.delivery_id,
+            admission,
+            self.settings.delivery,
+            outbox=sender is None,
+        )
+        if done is not None:
+            return done
+        assert sender is not None, "admit settles outbox messages itself"
         try:
             message_id = sender.send(
                 Outgoing(

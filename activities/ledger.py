@@ -96,10 +96,16 @@ class Admission:
 
 
 def admit(
-    engine: Engine, delivery_id: str, admission: Admission, policy: DeliveryPolicy
+    engine: Engine,
+    delivery_id: str,
+    admission: Admission,
+    policy: DeliveryPolicy,
+    *,
+    outbox: bool = False,
 ) -> DeliveryResult | None:
-    """Mark the provider call as under way, committed before the call is made; or say why
-    not: a suppressed delivery, or one held by quiet hours (`queued` with `not_before`).
+    """Mark the provider call as under way, committed before the call is made (or, for the
+    outbox, the message as sent); or say why not: a suppressed delivery, or one held by quiet
+    hours (`queued` with `not_before`).
 
     One transaction per profile at a time, so two messages sent to one profile at once cannot
     both slip under its frequency cap.
@@ -140,6 +146,10 @@ def admit(
         row.status, row.reason, row.sent_at = "sending", None, now
         row.to_address, row.subject, row.body = admission.to, admission.subject, admission.body
         row.attempts += 1
+        if outbox:
+            # No provider: recording the message is the whole of sending it.
+            row.status, row.provider = "sent", "outbox"
+            return _result(row)
         return None
 
 
