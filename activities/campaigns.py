@@ -338,9 +338,7 @@ class PageSender:
                 self._settle(row, "suppressed", reason)
                 continue
             try:
-                rendered = render(
-                    template, message_context(self.settings, self.channel, profile, None)
-                )
+                rendered = render(template, message_context(self.settings, template, profile, None))
             except RenderError as exc:
                 self._settle(row, "failed", str(exc))
                 continue

@@ -78,7 +78,7 @@ class DeliveryActivities(BoundActivities):
         event = events.get_event(self.engine, request.event_id) if request.event_id else None
         context = message_context(
             self.settings,
-            request.channel,
+            template,
             profile,
             event,
             request.journey_id,

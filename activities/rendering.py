@@ -50,7 +50,7 @@ def template_context(
 
 def message_context(
     settings: Settings,
-    channel: str,
+    template: Template,
     profile: Profile,
     event: Any,
     journey_id: str | None = None,
@@ -59,8 +59,18 @@ def message_context(
 ) -> dict[str, Any]:
     """A message's context: the template context and the profile's unsubscribe link."""
     context = template_context(profile, event, journey_id, version, node_id)
-    context["unsubscribe_url"] = unsubscribe_url(settings, profile.id, channel)
+    # Signing a link costs more than rendering a short message: only for templates using it.
+    if _uses_unsubscribe_url(template):
+        context["unsubscribe_url"] = unsubscribe_url(settings, profile.id, template.channel)
     return context
+
+
+@lru_cache(maxsize=1024)
+def _uses_unsubscribe_url(template: Template) -> bool:
+    return any(
+        "unsubscribe_url" in (part or "")
+        for part in (template.subject, template.body, template.html)
+    )
 
 
 @lru_cache(maxsize=1024)

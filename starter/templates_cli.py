@@ -62,7 +62,7 @@ def templates_render(
     if event_id and event is None:
         raise CommandError(f"event {event_id!r} does not exist")
     try:
-        rendered = render(found, message_context(settings(ctx), found.channel, profile, event))
+        rendered = render(found, message_context(settings(ctx), found, profile, event))
     except RenderError as exc:
         raise CommandError(str(exc)) from None
     if as_json:
