@@ -43,6 +43,8 @@ class Settings(BaseModel):
     sendgrid_webhook_public_key: str | None = None
     # Signs unsubscribe links; without one, a key is made once and kept in the data dir.
     secret_key: SecretStr | None = None
+    # Keys the HTTP API accepts as `Authorization: Bearer KEY`.
+    api_keys: list[SecretStr] = Field(default_factory=list)
     provider_timeout_seconds: float = 10.0
     delivery: DeliveryPolicy = Field(default_factory=DeliveryPolicy)
 
@@ -90,6 +92,10 @@ class Settings(BaseModel):
             if env.get(variable):
                 values[name] = env[variable]
         values["delivery"] = _delivery_policy(file.get("delivery", {}), env)
+        if env.get("PARCOURS_API_KEYS"):
+            values["api_keys"] = [
+                k.strip() for k in env["PARCOURS_API_KEYS"].split(",") if k.strip()
+            ]
         return cls.model_validate(values)
 
     @property

@@ -174,6 +174,22 @@ def worker(ctx: typer.Context) -> None:
         raise CommandError(f"cannot reach Temporal at {config.temporal_address}: {exc}") from None
 
 
+@app.command("api")
+@friendly
+def api(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Serve the HTTP API (SPEC §3); callers need a key from PARCOURS_API_KEYS."""
+    import uvicorn
+
+    from starter.api import create_app, lazy_client
+
+    config = settings(ctx)
+    uvicorn.run(create_app(config, lazy_client(config)), host=host, port=port)
+
+
 @app.command("apply")
 @friendly
 def apply_definitions(
