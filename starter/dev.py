@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import fcntl
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -32,6 +33,8 @@ from starter.binaries import temporal_cli
 READY_TIMEOUT = 90.0
 STOP_TIMEOUT = 15.0
 WORKER_READY_LINE = "worker polling task queue"
+API_READY_LINE = "Uvicorn running on"
+API_KEY_FILE = "api.key"
 # Relaxed durability for a development store: measured 2.8x faster than the default here, and
 # a lost last write on power failure is acceptable on a laptop, not in production.
 SQLITE_PRAGMAS = ("journal_mode=wal", "synchronous=off")
@@ -102,10 +105,14 @@ class DevStack:
         raise KeyboardInterrupt
 
     def _start(self) -> None:
-        for name, port in (("Temporal", self.port), ("Temporal UI", self.ui_port)):
+        for name, port, option in (
+            ("Temporal", self.port, "--port"),
+            ("Temporal UI", self.ui_port, "--ui-port"),
+            ("HTTP API", self.api_port, "--api-port"),
+        ):
             if not _port_free(port):
                 raise StackError(
-                    f"port {port} ({name}) is in use: stop what uses it or pick another with --{'ui-' if 'UI' in name else ''}port"
+                    f"port {port} ({name}) is in use: stop what uses it or pick another with {option}"
                 )
         settings = Settings.load(self.data_dir)
         from activities.db import engine_for
@@ -136,10 +143,14 @@ class DevStack:
             self._apply(settings)
         console.print("starting worker")
         self._start_worker()
+        console.print("starting HTTP API")
+        self._start_api()
         console.print(
             f"\n[bold green]Parcours is running.[/bold green]\n"
             f"  Temporal Web UI  {ui_url}\n"
             f"  Temporal         {address}\n"
+            f"  HTTP API         http://127.0.0.1:{self.api_port} "
+            f"(Authorization: Bearer {self._api_key()})\n"
             f"  data             {self.data_dir} (logs in {self.logs})\n\n"
             f"  try: parcours profiles set ada --email ada@example.com\n"
             f"       parcours events send signed_up --profile ada\n"
@@ -157,6 +168,27 @@ class DevStack:
         }
         self._spawn("worker", [sys.executable, "-m", "worker"], log, env=env)
         self._wait_for_line("worker", log, WORKER_READY_LINE, start)
+
+    def _api_key(self) -> str:
+        """This data dir's development key, made once and kept (0600) beside the data."""
+        path = self.data_dir / API_KEY_FILE
+        if not path.exists():
+            path.write_text(f"dev-{secrets.token_urlsafe(24)}")
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    def _start_api(self) -> None:
+        log = self.logs / "api.log"
+        start = log.stat().st_size if log.exists() else 0
+        env = {
+            **os.environ,
+            "PARCOURS_DATA_DIR": str(self.data_dir),
+            "TEMPORAL_ADDRESS": f"127.0.0.1:{self.port}",
+            "PARCOURS_API_KEYS": self._api_key(),
+        }
+        command = [sys.executable, "-m", "starter", "api", "--port", str(self.api_port)]
+        self._spawn("api", command, log, env=env)
+        self._wait_for_line("api", log, API_READY_LINE, start)
 
     def _temporal_command(self) -> list[str]:
         command = [
@@ -252,6 +284,9 @@ class DevStack:
         restarts: list[float] = []
         while True:
             self._check_alive("temporal")
+            if self.children["api"].poll() is not None:
+                console.print("the HTTP API exited: starting it again")
+                self._start_api()
             worker = self.children["worker"]
             if worker.poll() is not None:
                 # A crashed worker loses nothing (Temporal keeps every entry), so bring a new
@@ -268,7 +303,7 @@ class DevStack:
 
     def _stop(self) -> None:
         # The worker first, so it finishes its tasks while Temporal can still record them.
-        for name in ("worker", "temporal"):
+        for name in ("api", "worker", "temporal"):
             process = self.children.pop(name, None)
             if process is None or process.poll() is not None:
                 continue

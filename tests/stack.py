@@ -52,7 +52,7 @@ class DevStack:
     def __init__(self, data_dir: Path, *apply: Path, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.extra_env = env or {}
-        self.port, self.ui_port = free_port(), free_port()
+        self.port, self.ui_port, self.api_port = free_port(), free_port(), free_port()
         self.apply = apply
         self.process: subprocess.Popen[bytes] | None = None
         self.output = data_dir.parent / f"dev-{self.port}.out"
@@ -69,7 +69,12 @@ class DevStack:
     def start(self, port: int | None = None) -> DevStack:
         self.port = port or self.port
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        command = [*PARCOURS, "dev", "--port", str(self.port), "--ui-port", str(self.ui_port)]
+        command = [
+            *PARCOURS, "dev",
+            "--port", str(self.port),
+            "--ui-port", str(self.ui_port),
+            "--api-port", str(self.api_port),
+        ]  # fmt: skip
         for path in self.apply:
             command += ["--apply", str(path)]
         with self.output.open("wb") as out:

@@ -8,6 +8,7 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from temporalio.client import Client
 
@@ -58,6 +59,14 @@ def test_quickstart_from_event_to_email_in_the_outbox(stack: DevStack) -> None:
         "id", "profile_id", "channel", "template", "status", "reason", "journey_id",
         "campaign_id", "idempotency_key", "provider_message_id", "created_at",
     }  # fmt: skip
+
+    # The HTTP API runs too, with the key `parcours dev` printed.
+    key = (stack.data_dir / "api.key").read_text().strip()
+    assert f"Bearer {key}" in stack.text()
+    api = f"http://127.0.0.1:{stack.api_port}"
+    assert httpx.get(f"{api}/v1/profiles/ada").status_code == 401
+    read = httpx.get(f"{api}/v1/profiles/ada", headers={"Authorization": f"Bearer {key}"})
+    assert read.status_code == 200 and read.json()["email"] == "ada@example.com"
 
     # The same event again while ada is inside: no second entry, nothing sent twice.
     stack.cli("events", "send", "signed_up", "--profile", "ada")
