@@ -3,7 +3,8 @@
 Run it after a deliberate change to workflow code, once the change is guarded with
 `workflow.patched` so the histories recorded before it still replay (see
 docs/changing-workflows.md). Each scenario walks a profile through an example journey on the
-time-skipping server and writes its history to tests/histories/.
+time-skipping server and writes its history to tests/histories/; one runs the weekly-digest
+campaign (`--only campaign-weekly-digest` records it alone).
 
     python tests/record_histories.py --tag finish    # writes welcome-finish.json, ...
 
@@ -28,13 +29,14 @@ from temporalio.worker import Worker
 from activities import catalog
 from activities.apply import apply_paths
 from activities.db import engine_for
-from activities.profiles import set_profile
+from activities.profiles import profile_update, set_profile, upsert_profiles
 from activities.segments import refresh_profile
 from parcours.contracts import JourneyInput
 from parcours.plugin import ParcoursPlugin
 from parcours.records import NewEvent
 from parcours.settings import Settings
 from starter.binaries import temporal_test_server
+from starter.campaigns import start_run as start_campaign
 from starter.routing import route_transitions, send_event
 from starter.search_attributes import register
 from workflows.journey import JourneyWorkflow
@@ -63,6 +65,9 @@ SCENARIOS: dict[str, list[tuple[str, dict[str, object], float]]] = {
 # are written). The entry starts with a short history limit, so it is started here directly.
 WAIT_CONTINUES = "wait-continues"
 WAIT_HISTORY_LIMIT = 30
+# A campaign run: snapshot, pages paced by the rate limit, the follow-up, the report.
+CAMPAIGN = "campaign-weekly-digest"
+CAMPAIGN_AUDIENCE = 2500
 
 
 def history_path(name: str, tag: str) -> Path:
@@ -72,14 +77,16 @@ def history_path(name: str, tag: str) -> Path:
     return path
 
 
-async def record(tag: str) -> None:
+async def record(tag: str, only: str | None = None) -> None:
     HISTORIES.mkdir(exist_ok=True)
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=str(temporal_test_server())
     )
     try:
         await register(env.client)
-        for name, events in [*SCENARIOS.items(), (WAIT_CONTINUES, [])]:
+        for name, events in [*SCENARIOS.items(), (WAIT_CONTINUES, []), (CAMPAIGN, [])]:
+            if only and name != only:
+                continue
             data = Path(tempfile.mkdtemp())
             settings = Settings.load(data, env={}).model_copy(
                 update={"task_queue": f"record-{uuid.uuid4()}"}
@@ -99,6 +106,11 @@ async def record(tag: str) -> None:
             config["plugins"] = [ParcoursPlugin(settings)]
             client = Client(**config)
             async with Worker(client, task_queue=settings.task_queue):
+                if name == CAMPAIGN:
+                    history = await campaign_run(client, engine, settings)
+                    history_path(name, tag).write_text(history.to_json())
+                    print(f"recorded {name}: {len(history.events)} events")
+                    continue
                 if name == WAIT_CONTINUES:
                     for run, history in enumerate(
                         await wait_continues(env, client, engine, settings), start=1
@@ -127,6 +139,22 @@ async def record(tag: str) -> None:
             print(f"recorded {name}: {len(history.events)} events")
     finally:
         await env.shutdown()
+
+
+async def campaign_run(client: Client, engine: Engine, settings: Settings) -> WorkflowHistory:
+    """The weekly digest over a few pages, paced by its rate limit, with its follow-up."""
+    upsert_profiles(
+        engine,
+        [
+            profile_update(
+                f"p{i:04d}", email=f"p{i:04d}@example.com", attributes={"newsletter": True}
+            )
+            for i in range(CAMPAIGN_AUDIENCE)
+        ],
+    )
+    handle = await start_campaign(client, engine, settings, "weekly-digest")
+    await handle.result()
+    return await handle.fetch_history()
 
 
 async def wait_continues(
@@ -165,7 +193,9 @@ async def wait_continues(
 def main() -> None:
     parser = argparse.ArgumentParser(description="Record the histories the replay test runs.")
     parser.add_argument("--tag", default="", help="suffix for the new files' names")
-    asyncio.run(record(parser.parse_args().tag))
+    parser.add_argument("--only", help="record this scenario alone (e.g. campaign-weekly-digest)")
+    args = parser.parse_args()
+    asyncio.run(record(args.tag, args.only))
 
 
 if __name__ == "__main__":
