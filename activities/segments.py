@@ -7,16 +7,17 @@ for the caller to act on (journeys enter on `segment_entered` and exit on segmen
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, bindparam, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from activities.catalog import known_segments
+from activities.catalog import SEGMENTS_REVISION, known_segments, segment_catalog
 from activities.db import EventRow, MembershipRow, ProfileRow, utcnow
 from activities.rule_sql import members_query
 from parcours.definitions import Segment
@@ -70,6 +71,16 @@ def dependencies(rule: Any, segments: Mapping[str, Segment]) -> Dependencies:
     return found
 
 
+def event_rules(rule: Any, segments: Mapping[str, Segment]) -> Iterator[EventRule]:
+    """Every event rule a rule reads, through segment references too."""
+    if isinstance(rule, EventRule):
+        yield rule
+    elif isinstance(rule, SegmentRef):
+        yield from event_rules(segments[rule.segment].rule, segments)
+    for child in children(rule):
+        yield from event_rules(child, segments)
+
+
 def facts(engine: Engine, profile_id: str, event_types: Iterable[str]) -> ProfileFacts | None:
     """What the in-memory evaluator needs of one profile: its row and the events rules count."""
     types = sorted(set(event_types))
@@ -94,6 +105,97 @@ def facts(engine: Engine, profile_id: str, event_types: Iterable[str]) -> Profil
         )
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What one kind of change re-evaluates, worked out once per catalog revision."""
+
+    segments: tuple[str, ...]  # the segments it can affect
+    event_types: tuple[str, ...]  # the events their rules count
+    # How far back those rules look; None: at least one counts events of any age.
+    horizon: timedelta | None
+
+
+@dataclass
+class _Catalog:
+    """The segments as parsed at one revision, with what each change affects."""
+
+    token: str | None
+    segments: dict[str, Segment]
+    dependencies: dict[str, Dependencies]
+    plans: dict[tuple[str | None, bool], _Plan] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, connection: Connection) -> _Catalog:
+        read = segment_catalog(connection)
+        segments = read.segments
+        return cls(
+            read.token,
+            segments,
+            {sid: dependencies(s.rule, segments) for sid, s in segments.items()},
+        )
+
+    def plan(self, event_type: str | None, profile_changed: bool) -> _Plan:
+        key = (event_type, profile_changed)
+        plan = self.plans.get(key)
+        if plan is None:
+            affected = tuple(
+                sid
+                for sid, deps in sorted(self.dependencies.items())
+                if (event_type is not None and event_type in deps.events)
+                or (profile_changed and deps.profile)
+            )
+            rules = [
+                r for sid in affected for r in event_rules(self.segments[sid].rule, self.segments)
+            ]
+            windows = [r.within for r in rules]
+            horizon = None if None in windows or not windows else max(w for w in windows if w)
+            types = tuple(sorted({r.event for r in rules}))
+            plan = self.plans[key] = _Plan(affected, types, horizon)
+        return plan
+
+
+# Parsed segments per database, kept while its catalog revision stays the same.
+_catalogs: dict[str, _Catalog] = {}
+_catalogs_lock = threading.Lock()
+
+
+def _current_catalog(engine: Engine, connection: Connection, token: str | None) -> _Catalog:
+    key = engine.url.render_as_string(hide_password=False)
+    catalog = _catalogs.get(key)
+    if catalog is None or token is None or catalog.token != token:
+        catalog = _Catalog.read(connection)
+        with _catalogs_lock:
+            _catalogs[key] = catalog
+    return catalog
+
+
+def _profile_state_query(dialect: str) -> Any:
+    """One row: the profile, the segment catalog's revision, and the profile's current
+    segments (space-separated: segment ids hold no spaces)."""
+    active_ids = select(
+        func.string_agg(MembershipRow.segment_id, " ")
+        if dialect == "postgresql"
+        else func.group_concat(MembershipRow.segment_id, " ")
+    ).where(MembershipRow.profile_id == ProfileRow.id, MembershipRow.active)
+    return select(
+        ProfileRow.attributes,
+        ProfileRow.email,
+        ProfileRow.phone,
+        ProfileRow.device_tokens,
+        ProfileRow.consent,
+        SEGMENTS_REVISION.scalar_subquery().label("token"),
+        active_ids.scalar_subquery().label("active"),
+    ).where(ProfileRow.id == bindparam("profile_id"))
+
+
+_EVENTS = select(EventRow.type, EventRow.timestamp, EventRow.properties).where(
+    EventRow.profile_id == bindparam("profile_id"),
+    EventRow.type.in_(bindparam("types", expanding=True)),
+)
+_RECENT_EVENTS = _EVENTS.where(EventRow.timestamp >= bindparam("since"))
+_PROFILE_STATE = {dialect: _profile_state_query(dialect) for dialect in ("postgresql", "sqlite")}
+
+
 def refresh_profile(
     engine: Engine,
     profile_id: str,
@@ -102,28 +204,52 @@ def refresh_profile(
     profile_changed: bool = False,
     now: datetime | None = None,
 ) -> list[Transition]:
-    """Re-evaluate, for one profile, only the segments this change can affect."""
+    """Re-evaluate, for one profile, only the segments this change can affect.
+
+    The streaming path, run after every event: at most two indexed reads (the profile with
+    its current segments and the catalog's revision; then the events the affected rules
+    count, no older than they look), and writes only when a membership changes.
+    """
     now = now or utcnow()
-    segments = known_segments(engine)
-    affected = {}
-    for segment_id, segment in segments.items():
-        deps = dependencies(segment.rule, segments)
-        if (event_type is not None and event_type in deps.events) or (
-            profile_changed and deps.profile
-        ):
-            affected[segment_id] = deps
-    if not affected:
-        return []
-    profile = facts(engine, profile_id, set().union(*(d.events for d in affected.values())))
-    if profile is None:
-        return []
-    now_in = {
-        segment_id: matches(segments[segment_id].rule, profile, now, segments)
-        for segment_id in affected
-    }
-    return _record(
-        engine, {(segment_id, profile_id): inside for segment_id, inside in now_in.items()}, now
-    )
+    with engine.connect() as connection:
+        state = connection.execute(
+            _PROFILE_STATE[engine.dialect.name], {"profile_id": profile_id}
+        ).first()
+        if state is None:
+            return []
+        catalog = _current_catalog(engine, connection, state.token)
+        plan = catalog.plan(event_type, profile_changed)
+        if not plan.segments:
+            return []
+        rows: Iterable[Any] = ()
+        if plan.event_types:
+            parameters: dict[str, Any] = {"profile_id": profile_id, "types": plan.event_types}
+            if plan.horizon is None:
+                rows = connection.execute(_EVENTS, parameters)
+            else:
+                rows = connection.execute(
+                    _RECENT_EVENTS, {**parameters, "since": now - plan.horizon}
+                )
+        profile = ProfileFacts(
+            attributes=state.attributes,
+            email=state.email,
+            phone=state.phone,
+            device_tokens=tuple(state.device_tokens or ()),
+            consent=state.consent or {},
+            events=[
+                EventFacts(kind, timestamp, properties) for kind, timestamp, properties in rows
+            ],
+        )
+    active = set(state.active.split(" ")) if state.active else set()
+    segments = catalog.segments
+    changed = {}
+    for segment_id in plan.segments:
+        inside = matches(segments[segment_id].rule, profile, now, segments)
+        if inside != (segment_id in active):
+            changed[(segment_id, profile_id)] = inside
+    # _record reads the rows again in its own transaction: what another refresh changed in
+    # the meantime is not reported twice.
+    return _record(engine, changed, now) if changed else []
 
 
 def rebuild(engine: Engine, segment_id: str, now: datetime | None = None) -> list[Transition]:
