@@ -216,6 +216,18 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.create_function("parcours_epoch", 1, epoch, deterministic=True)
 
 
+def _ping_outside_transaction(dbapi_connection: Any) -> bool:
+    """The pre-ping, without the BEGIN psycopg would send first (and the ROLLBACK the pool
+    sends on return): one round trip, not three, before each use of a pooled connection."""
+    autocommit = dbapi_connection.autocommit
+    dbapi_connection.autocommit = True
+    try:
+        dbapi_connection.execute("SELECT 1")
+    finally:
+        dbapi_connection.autocommit = autocommit
+    return True
+
+
 _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
 
@@ -231,6 +243,8 @@ def engine_for(url: str) -> Engine:
             engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
             if engine.dialect.name == "sqlite":
                 event.listen(engine, "connect", _sqlite_pragmas)
+            elif engine.dialect.driver == "psycopg":
+                engine.dialect.do_ping = _ping_outside_transaction  # type: ignore[method-assign]
             migrate(engine)
             _engines[url] = engine
         return engine

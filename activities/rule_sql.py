@@ -17,6 +17,7 @@ rather than counted per profile where the store plans that better.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
@@ -28,7 +29,6 @@ from sqlalchemy import (
     and_,
     case,
     cast,
-    exists,
     false,
     func,
     literal,
@@ -125,11 +125,17 @@ class _SqliteField:
             low, high = value
             exact = family == "number" and not (low <= 0 <= high or low <= 1 <= high)
             return condition if exact else and_(self.of(family), condition)
-        condition = _orders(self.value, op, value)
-        # Below a bound, text (which sorts after numbers) is out; 0 and 1 are out too when
-        # the bound is low enough. Above one, text would pass: test the type.
-        exact = family == "number" and (value <= 0 if op == "lt" else op == "lte" and value < 0)
-        return condition if exact else and_(self.of(family), condition)
+        if family == "number" and abs(value) < 2**53:
+            # As a range, read once: every number sorts before every text, so a range with
+            # finite or infinite ends holds no text. A strict bound moves to the next float,
+            # which no float, and no integer this small, lies strictly between.
+            low, high = -math.inf, math.inf
+            if op in ("gt", "gte"):
+                low = math.nextafter(value, math.inf) if op == "gt" else value
+            else:
+                high = math.nextafter(value, -math.inf) if op == "lt" else value
+            return self.compare("between", [low, high], family)
+        return and_(self.of(family), _orders(self.value, op, value))
 
 
 class _PostgresField:
@@ -319,10 +325,17 @@ class RuleCompiler:
             conditions.append(self.compile(rule.where, events.c.properties))
         count = rule.count
         bounds = count.bounds()
+        # Selecting a column of the (profile, type, time) index, not `*`, lets SQLite answer
+        # from the index alone.
+        found = (
+            select(events.c.profile_id)
+            .where(events.c.profile_id == profiles.c.id, *conditions)
+            .exists()
+        )
         if bounds in ({"gte": 1}, {"gt": 0}):
-            return exists().where(events.c.profile_id == profiles.c.id, *conditions)
+            return found
         if bounds in ({"eq": 0}, {"lte": 0}, {"lt": 1}):
-            return not_(exists().where(events.c.profile_id == profiles.c.id, *conditions))
+            return not_(found)
         n = func.count()
         checks = [_orders(n, k, v) if k != "eq" else n == v for k, v in bounds.items()]
         if self.dialect == "sqlite":

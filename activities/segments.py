@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select
+from sqlalchemy import Connection, bindparam, cast, func, null, select, union_all
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from activities.catalog import SEGMENTS_REVISION, known_segments, segment_catalog
-from activities.db import EventRow, MembershipRow, ProfileRow, utcnow
+from activities.db import EventRow, JsonObject, MembershipRow, ProfileRow, utcnow
 from activities.rule_sql import members_query
 from parcours.definitions import Segment
 from parcours.evaluate import EventFacts, ProfileFacts, matches
@@ -113,6 +113,60 @@ class _Plan:
     event_types: tuple[str, ...]  # the events their rules count
     # How far back those rules look; None: at least one counts events of any age.
     horizon: timedelta | None
+    statements: dict[str, Any] = field(default_factory=dict, compare=False)  # per dialect
+
+    def statement(self, dialect: str) -> Any:
+        """One read of everything a refresh needs: the profile; the events the rules count,
+        one row each (joined, so a profile without any still gives a row); the catalog's
+        revision; and the profile's current segments, space-separated (ids hold no spaces)."""
+        statement = self.statements.get(dialect)
+        if statement is None:
+            profile_id = bindparam("profile_id")
+            active = select(
+                func.string_agg(MembershipRow.segment_id, " ")
+                if dialect == "postgresql"
+                else func.group_concat(MembershipRow.segment_id, " ")
+            ).where(MembershipRow.profile_id == profile_id, MembershipRow.active)
+            columns = [
+                ProfileRow.attributes,
+                ProfileRow.email,
+                ProfileRow.phone,
+                ProfileRow.device_tokens,
+                ProfileRow.consent,
+                SEGMENTS_REVISION.scalar_subquery().label("token"),
+                active.scalar_subquery().label("active"),
+            ]
+            if not self.event_types:
+                statement = select(*columns).where(ProfileRow.id == profile_id)
+            else:
+                # The profile's row, then one row per event: a join would repeat the profile's
+                # JSON, decoded again on every row. The profile's row is the one with no type.
+                none = [
+                    cast(null(), c.type).label(c.key) for c in (EventRow.type, EventRow.timestamp)
+                ]
+                profile = select(
+                    *columns, *none, cast(null(), JsonObject).label("properties")
+                ).where(ProfileRow.id == profile_id)
+                # One parameter per type, not an expanding list: the statement compiles once.
+                kinds = [bindparam(f"type_{i}") for i in range(len(self.event_types))]
+                counted = select(
+                    *(null() for _ in columns),
+                    EventRow.type,
+                    EventRow.timestamp,
+                    EventRow.properties,
+                ).where(EventRow.profile_id == profile_id, EventRow.type.in_(kinds))
+                if self.horizon is not None:
+                    counted = counted.where(EventRow.timestamp >= bindparam("since"))
+                statement = union_all(profile, counted)
+            self.statements[dialect] = statement
+        return statement
+
+    def parameters(self, profile_id: str, now: datetime) -> dict[str, Any]:
+        parameters: dict[str, Any] = {"profile_id": profile_id}
+        parameters.update({f"type_{i}": t for i, t in enumerate(self.event_types)})
+        if self.horizon is not None:
+            parameters["since"] = now - self.horizon
+        return parameters
 
 
 @dataclass
@@ -159,43 +213,6 @@ _catalogs: dict[str, _Catalog] = {}
 _catalogs_lock = threading.Lock()
 
 
-def _current_catalog(engine: Engine, connection: Connection, token: str | None) -> _Catalog:
-    key = engine.url.render_as_string(hide_password=False)
-    catalog = _catalogs.get(key)
-    if catalog is None or token is None or catalog.token != token:
-        catalog = _Catalog.read(connection)
-        with _catalogs_lock:
-            _catalogs[key] = catalog
-    return catalog
-
-
-def _profile_state_query(dialect: str) -> Any:
-    """One row: the profile, the segment catalog's revision, and the profile's current
-    segments (space-separated: segment ids hold no spaces)."""
-    active_ids = select(
-        func.string_agg(MembershipRow.segment_id, " ")
-        if dialect == "postgresql"
-        else func.group_concat(MembershipRow.segment_id, " ")
-    ).where(MembershipRow.profile_id == ProfileRow.id, MembershipRow.active)
-    return select(
-        ProfileRow.attributes,
-        ProfileRow.email,
-        ProfileRow.phone,
-        ProfileRow.device_tokens,
-        ProfileRow.consent,
-        SEGMENTS_REVISION.scalar_subquery().label("token"),
-        active_ids.scalar_subquery().label("active"),
-    ).where(ProfileRow.id == bindparam("profile_id"))
-
-
-_EVENTS = select(EventRow.type, EventRow.timestamp, EventRow.properties).where(
-    EventRow.profile_id == bindparam("profile_id"),
-    EventRow.type.in_(bindparam("types", expanding=True)),
-)
-_RECENT_EVENTS = _EVENTS.where(EventRow.timestamp >= bindparam("since"))
-_PROFILE_STATE = {dialect: _profile_state_query(dialect) for dialect in ("postgresql", "sqlite")}
-
-
 def refresh_profile(
     engine: Engine,
     profile_id: str,
@@ -206,40 +223,52 @@ def refresh_profile(
 ) -> list[Transition]:
     """Re-evaluate, for one profile, only the segments this change can affect.
 
-    The streaming path, run after every event: at most two indexed reads (the profile with
-    its current segments and the catalog's revision; then the events the affected rules
-    count, no older than they look), and writes only when a membership changes.
+    The streaming path, run after every event: one indexed read (see `_Plan.statement`),
+    planned with the segments this process has parsed and checked against the catalog's
+    revision it returns; a write only when a membership changes.
     """
     now = now or utcnow()
-    with engine.connect() as connection:
-        state = connection.execute(
-            _PROFILE_STATE[engine.dialect.name], {"profile_id": profile_id}
-        ).first()
-        if state is None:
-            return []
-        catalog = _current_catalog(engine, connection, state.token)
+    key = engine.url.render_as_string(hide_password=False)
+    dialect = engine.dialect.name
+    # Autocommit: a single read needs no transaction, and PostgreSQL no BEGIN and ROLLBACK.
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        catalog = _catalogs.get(key)
+        if catalog is None:
+            catalog = _Catalog.read(connection)
         plan = catalog.plan(event_type, profile_changed)
-        if not plan.segments:
-            return []
-        rows: Iterable[Any] = ()
-        if plan.event_types:
-            parameters: dict[str, Any] = {"profile_id": profile_id, "types": plan.event_types}
-            if plan.horizon is None:
-                rows = connection.execute(_EVENTS, parameters)
-            else:
+        rows = connection.execute(plan.statement(dialect), plan.parameters(profile_id, now)).all()
+        token = next((r.token for r in rows if r.token is not None), None)
+        if rows and (token is None or token != catalog.token):
+            # Segments were published since: read them, and the profile again if the new
+            # plan needs other events.
+            catalog = _Catalog.read(connection)
+            fetched, plan = plan, catalog.plan(event_type, profile_changed)
+            if (plan.event_types, plan.horizon) != (fetched.event_types, fetched.horizon):
                 rows = connection.execute(
-                    _RECENT_EVENTS, {**parameters, "since": now - plan.horizon}
-                )
-        profile = ProfileFacts(
-            attributes=state.attributes,
-            email=state.email,
-            phone=state.phone,
-            device_tokens=tuple(state.device_tokens or ()),
-            consent=state.consent or {},
-            events=[
-                EventFacts(kind, timestamp, properties) for kind, timestamp, properties in rows
-            ],
-        )
+                    plan.statement(dialect), plan.parameters(profile_id, now)
+                ).all()
+    with _catalogs_lock:
+        _catalogs[key] = catalog
+    state = (
+        next((r for r in rows if r.type is None), None)
+        if plan.event_types
+        else (rows[0] if rows else None)
+    )
+    if state is None or not plan.segments:
+        return []
+    events = (
+        [EventFacts(r.type, r.timestamp, r.properties) for r in rows if r.type is not None]
+        if plan.event_types
+        else []
+    )
+    profile = ProfileFacts(
+        attributes=state.attributes,
+        email=state.email,
+        phone=state.phone,
+        device_tokens=tuple(state.device_tokens or ()),
+        consent=state.consent or {},
+        events=events,
+    )
     active = set(state.active.split(" ")) if state.active else set()
     segments = catalog.segments
     changed = {}
