@@ -170,7 +170,8 @@ class _PostgresField:
             if not accepted:
                 return false()
             jsons = [literal(v, JSONB) for v in accepted]
-            return self.value == jsons[0] if len(jsons) == 1 else self.value.in_(jsons)
+            found: Condition = self.value == jsons[0] if len(jsons) == 1 else self.value.in_(jsons)
+            return found
         if family == "number":
             number = cast(self.value, Numeric)
             condition: Condition
@@ -184,7 +185,7 @@ class _PostgresField:
                 condition = number == _numeric(value) if op == "eq" else number != _numeric(value)
             else:
                 condition = _orders(number, op, _numeric(value))
-            return case((self.of("number"), condition))  # type: ignore[return-value]
+            return case((self.of("number"), condition))
         values = value if op in ("in", "not_in", "between") else [value]
         if op in ("eq", "in"):
             condition = self._text == value if op == "eq" else self._text.in_(value)
@@ -194,12 +195,12 @@ class _PostgresField:
             condition = self._text != value if op == "ne" else self._text.not_in(value)
             return and_(self.of(family), condition)
         operator = {"gt": "~>~", "gte": "~>=~", "lt": "~<~", "lte": "~<=~"}
-        bounds = [("gte", value[0]), ("lte", value[1])] if op == "between" else [(op, value)]
+        limits = [("gte", value[0]), ("lte", value[1])] if op == "between" else [(op, value)]
         return and_(
             self.of(family),
             *(
                 self._text.op(operator[o], is_comparison=True)(literal(v, String))
-                for o, v in bounds
+                for o, v in limits
             ),
         )
 

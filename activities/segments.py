@@ -116,12 +116,12 @@ class _Plan:
     statements: dict[str, Any] = field(default_factory=dict, compare=False)  # per dialect
 
     def statement(self, dialect: str) -> Any:
-        """One read of everything a refresh needs: the profile; the events the rules count,
-        one row each (joined, so a profile without any still gives a row); the catalog's
-        revision; and the profile's current segments, space-separated (ids hold no spaces)."""
+        """One read of everything a refresh needs: the profile with the catalog's revision and
+        its current segments, space-separated (ids hold no spaces); then, one row each, the
+        events the affected rules count, no older than they look."""
         statement = self.statements.get(dialect)
         if statement is None:
-            profile_id = bindparam("profile_id")
+            profile_id: Any = bindparam("profile_id")
             active = select(
                 func.string_agg(MembershipRow.segment_id, " ")
                 if dialect == "postgresql"
@@ -148,7 +148,7 @@ class _Plan:
                     *columns, *none, cast(null(), JsonObject).label("properties")
                 ).where(ProfileRow.id == profile_id)
                 # One parameter per type, not an expanding list: the statement compiles once.
-                kinds = [bindparam(f"type_{i}") for i in range(len(self.event_types))]
+                kinds: list[Any] = [bindparam(f"type_{i}") for i in range(len(self.event_types))]
                 counted = select(
                     *(null() for _ in columns),
                     EventRow.type,
