@@ -7,13 +7,24 @@ for the caller to act on (journeys enter on `segment_entered` and exit on segmen
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, cast, func, null, select, union_all
+from sqlalchemy import (
+    Connection,
+    String,
+    bindparam,
+    cast,
+    func,
+    null,
+    select,
+    type_coerce,
+    union_all,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -113,53 +124,9 @@ class _Plan:
     event_types: tuple[str, ...]  # the events their rules count
     # How far back those rules look; None: at least one counts events of any age.
     horizon: timedelta | None
-    statements: dict[str, Any] = field(default_factory=dict, compare=False)  # per dialect
 
     def statement(self, dialect: str) -> Any:
-        """One read of everything a refresh needs: the profile with the catalog's revision and
-        its current segments, space-separated (ids hold no spaces); then, one row each, the
-        events the affected rules count, no older than they look."""
-        statement = self.statements.get(dialect)
-        if statement is None:
-            profile_id: Any = bindparam("profile_id")
-            active = select(
-                func.string_agg(MembershipRow.segment_id, " ")
-                if dialect == "postgresql"
-                else func.group_concat(MembershipRow.segment_id, " ")
-            ).where(MembershipRow.profile_id == profile_id, MembershipRow.active)
-            columns = [
-                ProfileRow.attributes,
-                ProfileRow.email,
-                ProfileRow.phone,
-                ProfileRow.device_tokens,
-                ProfileRow.consent,
-                SEGMENTS_REVISION.scalar_subquery().label("token"),
-                active.scalar_subquery().label("active"),
-            ]
-            if not self.event_types:
-                statement = select(*columns).where(ProfileRow.id == profile_id)
-            else:
-                # The profile's row, then one row per event: a join would repeat the profile's
-                # JSON, decoded again on every row. The profile's row is the one with no type.
-                none = [
-                    cast(null(), c.type).label(c.key) for c in (EventRow.type, EventRow.timestamp)
-                ]
-                profile = select(
-                    *columns, *none, cast(null(), JsonObject).label("properties")
-                ).where(ProfileRow.id == profile_id)
-                # One parameter per type, not an expanding list: the statement compiles once.
-                kinds: list[Any] = [bindparam(f"type_{i}") for i in range(len(self.event_types))]
-                counted = select(
-                    *(null() for _ in columns),
-                    EventRow.type,
-                    EventRow.timestamp,
-                    EventRow.properties,
-                ).where(EventRow.profile_id == profile_id, EventRow.type.in_(kinds))
-                if self.horizon is not None:
-                    counted = counted.where(EventRow.timestamp >= bindparam("since"))
-                statement = union_all(profile, counted)
-            self.statements[dialect] = statement
-        return statement
+        return _refresh_read(dialect, len(self.event_types), self.horizon is not None)
 
     def parameters(self, profile_id: str, now: datetime) -> dict[str, Any]:
         parameters: dict[str, Any] = {"profile_id": profile_id}
@@ -167,6 +134,60 @@ class _Plan:
         if self.horizon is not None:
             parameters["since"] = now - self.horizon
         return parameters
+
+
+@functools.cache
+def _refresh_read(dialect: str, types: int, since: bool) -> Any:
+    """One read of everything a refresh needs: the profile with the catalog's revision and its
+    current segments, space-separated (ids hold no spaces); then, one row each, the events of
+    `types` types (bound as type_0, type_1…), from `since` when given.
+
+    Built once per shape and kept: plans of the same shape share the very statement, so
+    SQLAlchemy reuses its compiled form and result metadata as they are."""
+    profile_id: Any = bindparam("profile_id")
+    active = select(
+        func.string_agg(MembershipRow.segment_id, " ")
+        if dialect == "postgresql"
+        else func.group_concat(MembershipRow.segment_id, " ")
+    ).where(MembershipRow.profile_id == profile_id, MembershipRow.active)
+    columns = [
+        ProfileRow.attributes,
+        ProfileRow.email,
+        ProfileRow.phone,
+        ProfileRow.device_tokens,
+        ProfileRow.consent,
+        SEGMENTS_REVISION.scalar_subquery().label("token"),
+        active.scalar_subquery().label("active"),
+    ]
+    if not types:
+        return select(*columns).where(ProfileRow.id == profile_id)
+    # SQLite keeps timestamps as text: read as such and parsed by `_timestamp`, much faster
+    # than SQLAlchemy's general parser.
+    timestamp: Any = (
+        type_coerce(EventRow.timestamp, String) if dialect == "sqlite" else EventRow.timestamp
+    )
+    # The profile's row, then one row per event: a join would repeat the profile's JSON,
+    # decoded again on every row. The profile's row is the one with no type.
+    profile = select(
+        *columns,
+        cast(null(), EventRow.type.type).label("type"),
+        cast(null(), timestamp.type).label("timestamp"),
+        cast(null(), JsonObject).label("properties"),
+    ).where(ProfileRow.id == profile_id)
+    # One parameter per type, not an expanding list: the statement compiles once.
+    kinds: list[Any] = [bindparam(f"type_{i}") for i in range(types)]
+    counted = select(
+        *(null() for _ in columns), EventRow.type, timestamp, EventRow.properties
+    ).where(EventRow.profile_id == profile_id, EventRow.type.in_(kinds))
+    if since:
+        counted = counted.where(EventRow.timestamp >= bindparam("since"))
+    return union_all(profile, counted)
+
+
+def _timestamp(value: datetime | str) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)
 
 
 @dataclass
@@ -230,8 +251,12 @@ def refresh_profile(
     now = now or utcnow()
     key = engine.url.render_as_string(hide_password=False)
     dialect = engine.dialect.name
-    # Autocommit: a single read needs no transaction, and PostgreSQL no BEGIN and ROLLBACK.
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+    connection = engine.connect()
+    if dialect == "postgresql":
+        # A single read needs no transaction: no BEGIN and ROLLBACK round trips. (SQLite's
+        # driver begins none for a read.)
+        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+    with connection:
         catalog = _catalogs.get(key)
         if catalog is None:
             catalog = _Catalog.read(connection)
@@ -257,7 +282,11 @@ def refresh_profile(
     if state is None or not plan.segments:
         return []
     events = (
-        [EventFacts(r.type, r.timestamp, r.properties) for r in rows if r.type is not None]
+        [
+            EventFacts(r.type, _timestamp(r.timestamp), r.properties)
+            for r in rows
+            if r.type is not None
+        ]
         if plan.event_types
         else []
     )
