@@ -20,15 +20,11 @@ import json
 import math
 from collections.abc import Mapping
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
-    Numeric,
     String,
     and_,
-    case,
-    cast,
     false,
     func,
     literal,
@@ -144,9 +140,10 @@ class _PostgresField:
     Strings are compared as `->>` text, which is a string's own text but also a number's,
     a boolean's or a container's JSON text: only an operand that could be such a text needs
     the type test. String order is by bytes, as in Python, whatever the database's collation.
-    Numbers are compared as exact numerics, as Python compares ints and floats, behind a type
-    test in a CASE (a cast of a non-number fails, and PostgreSQL may evaluate the conditions
-    beside it in any order). Booleans are compared as jsonb, which never equals another type.
+    Numbers and booleans are compared as jsonb: equal only to a value of their own type,
+    numbers as exact numerics (as Python compares ints and floats, and cheaper than any cast),
+    and types sorted apart (strings < numbers < booleans < containers), so a number range
+    with two ends needs no type test either.
     """
 
     def __init__(self, column: Any, key: str) -> None:
@@ -172,20 +169,16 @@ class _PostgresField:
             jsons = [literal(v, JSONB) for v in accepted]
             found: Condition = self.value == jsons[0] if len(jsons) == 1 else self.value.in_(jsons)
             return found
+        condition: Condition
         if family == "number":
-            number = cast(self.value, Numeric)
-            condition: Condition
+            jsons = [literal(v, JSONB) for v in (value if isinstance(value, list) else [value])]
             if op == "between":
-                bounds = func.numrange(_numeric(value[0]), _numeric(value[1]), "[]")
-                condition = number.op("<@", is_comparison=True)(bounds)
-            elif op in ("in", "not_in"):
-                condition = number.in_([_numeric(v) for v in value])
-                condition = condition if op == "in" else not_(condition)
-            elif op in ("eq", "ne"):
-                condition = number == _numeric(value) if op == "eq" else number != _numeric(value)
-            else:
-                condition = _orders(number, op, _numeric(value))
-            return case((self.of("number"), condition))
+                # Strings and null sort below every number, booleans and containers above.
+                return self.value.between(*jsons)  # type: ignore[no-any-return]
+            if op in ("eq", "in", "ne", "not_in"):
+                condition = self.value == jsons[0] if len(jsons) == 1 else self.value.in_(jsons)
+                return condition if op in ("eq", "in") else and_(self.of(family), not_(condition))
+            return and_(self.of(family), _orders(self.value, op, jsons[0]))
         values = value if op in ("in", "not_in", "between") else [value]
         if op in ("eq", "in"):
             condition = self._text == value if op == "eq" else self._text.in_(value)
@@ -203,12 +196,6 @@ class _PostgresField:
                 for o, v in limits
             ),
         )
-
-
-def _numeric(value: int | float) -> Any:
-    # A float as its shortest decimal, the text JSON stores it as: compared as numerics, two
-    # such texts order as the floats they stand for.
-    return literal(Decimal(repr(value)) if isinstance(value, float) else value, Numeric())
 
 
 def _json_text(value: str) -> bool:
@@ -244,10 +231,26 @@ class RuleCompiler:
             if event_properties is None:
                 return false(), False
             return self._compare(rule, self._field(event_properties, rule.property))
-        if isinstance(rule, AllRule | AnyRule):
+        if isinstance(rule, AnyRule):
             parts = [self._compile(r, event_properties) for r in self._cheap_first(rule)]
-            join = and_ if isinstance(rule, AllRule) else or_
-            return join(*(c for c, _ in parts)), any(n for _, n in parts)
+            return or_(*(c for c, _ in parts)), any(n for _, n in parts)
+        if isinstance(rule, AllRule):
+            children = self._cheap_first(rule)
+            row_only = [r for r in children if self._cost(r) < 3]
+            if self.dialect == "postgresql" and len(row_only) > 1:
+                # PostgreSQL orders the conditions of a WHERE by its own cost estimates, which
+                # rank a jsonb comparison below a string IN and so test it first on every
+                # row. One `(… AND …) IS TRUE` is one condition, tested in the order written.
+                # Only the row's own tests are grouped: an event test must stay a condition
+                # of its own to become a semi-join.
+                grouped = and_(*(self.compile(r, event_properties) for r in row_only))
+                parts = [(grouped.is_(true()), False)]
+                parts += [
+                    self._compile(r, event_properties) for r in children if self._cost(r) >= 3
+                ]
+            else:
+                parts = [self._compile(r, event_properties) for r in children]
+            return and_(*(c for c, _ in parts)), any(n for _, n in parts)
         if isinstance(rule, NotRule):
             inner, nullable = self._compile(rule.not_, event_properties)
             return (inner.is_not(true()) if nullable else not_(inner)), False
@@ -260,23 +263,27 @@ class RuleCompiler:
         raise TypeError(f"not a rule: {rule!r}")
 
     def _cheap_first(self, rule: AllRule | AnyRule) -> list[Any]:
-        """Children reading only the profile's row before those reading its events: SQLite
-        tests a row's conditions in the order written, and stops at the first that decides."""
+        """Cheaper children first: both stores test a row's conditions of like estimated cost
+        in the order written, and stop at the first that decides."""
         children = rule.all if isinstance(rule, AllRule) else rule.any
-        return sorted(children, key=self._reads_events)
+        return sorted(children, key=self._cost)
 
-    def _reads_events(self, rule: Any) -> bool:
+    def _cost(self, rule: Any) -> int:
+        """0: one read of a JSON key; 1: a comparison with a type test; 2: consent, three
+        columns; 3: anything reading events."""
         if isinstance(rule, EventRule):
-            return True
+            return 3
         if isinstance(rule, SegmentRef):
-            return self._reads_events(self.segments[rule.segment].rule)
+            return self._cost(self.segments[rule.segment].rule)
         if isinstance(rule, AllRule | AnyRule):
-            return any(
-                self._reads_events(r) for r in (rule.all if isinstance(rule, AllRule) else rule.any)
-            )
+            return max(self._cost(r) for r in (rule.all if isinstance(rule, AllRule) else rule.any))
         if isinstance(rule, NotRule):
-            return self._reads_events(rule.not_)
-        return False
+            return self._cost(rule.not_)
+        if isinstance(rule, ConsentRule):
+            return 2
+        if isinstance(rule, AttributeRule | PropertyRule):
+            return 0 if rule.op in ("eq", "in", "exists", "not_exists") else 1
+        return 1
 
     def _compare(self, rule: _Comparison, field: Field) -> tuple[Condition, bool]:
         op, value = rule.op, rule.value
