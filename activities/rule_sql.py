@@ -82,7 +82,9 @@ class _SqliteField:
     operand rules out 0, 1 and JSON text, the value alone decides and no type test is needed."""
 
     def __init__(self, column: Any, key: str) -> None:
-        path = literal(f'$."{key}"', String)
+        # Keys are letters, digits, `_` and `-` (the rule models check it): a plain path label,
+        # which SQLite reads a little faster than a quoted one.
+        path = literal(f"$.{key}", String)
         self.value = func.json_extract(column, path)
         self.type = func.json_type(column, path)
 
