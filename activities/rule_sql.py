@@ -216,8 +216,12 @@ class RuleCompiler:
         self.dialect = dialect
         self.now = now
         self.segments = segments
+        self._group_row_tests: bool | None = None
 
     def compile(self, rule: Any, event_properties: Any = None) -> Condition:
+        if self._group_row_tests is None:
+            # See the AllRule case of `_compile`: only for a rule that reads no events.
+            self._group_row_tests = self.dialect == "postgresql" and self._cost(rule) < 3
         return self._compile(rule, event_properties)[0]
 
     def _field(self, column: Any, key: str) -> Field:
@@ -239,12 +243,12 @@ class RuleCompiler:
         if isinstance(rule, AllRule):
             children = self._cheap_first(rule)
             row_only = [r for r in children if self._cost(r) < 3]
-            if self.dialect == "postgresql" and len(row_only) > 1:
+            if self._group_row_tests and len(row_only) > 1:
                 # PostgreSQL orders the conditions of a WHERE by its own cost estimates, which
                 # rank a jsonb comparison below a string IN and so test it first on every
                 # row. One `(… AND …) IS TRUE` is one condition, tested in the order written.
-                # Only the row's own tests are grouped: an event test must stay a condition
-                # of its own to become a semi-join.
+                # Only in a rule that reads no events: where PostgreSQL plans a semi-join, the
+                # grouped condition's cruder estimate measured slower than its own order.
                 grouped = and_(*(self.compile(r, event_properties) for r in row_only))
                 parts = [(grouped.is_(true()), False)]
                 parts += [
