@@ -7,12 +7,20 @@ import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any, Literal
+from uuid import uuid4
 
-from sqlalchemy import select
+from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from activities.db import CampaignRow, JourneyRow, JourneyVersionRow, SegmentRow, TemplateRow
+from activities.db import (
+    CampaignRow,
+    CatalogRevisionRow,
+    JourneyRow,
+    JourneyVersionRow,
+    SegmentRow,
+    TemplateRow,
+)
 from parcours.definitions import Campaign, Journey, MessageNode, Segment, Template
 from parcours.errors import InputError
 from parcours.loader import LoadResult
@@ -49,8 +57,29 @@ _parsed_segments: dict[str, tuple[dict[str, Any], Segment]] = {}
 
 
 def known_segments(engine: Engine) -> dict[str, Segment]:
-    with Session(engine) as session:
-        rows = session.execute(select(SegmentRow.id, SegmentRow.definition)).all()
+    with engine.connect() as connection:
+        return _segments(connection)
+
+
+SEGMENTS_REVISION = select(CatalogRevisionRow.token).where(CatalogRevisionRow.name == "segments")
+
+
+@dataclass(frozen=True)
+class SegmentCatalog:
+    token: str | None  # the segments' revision these were read at; None: unknown
+    segments: dict[str, Segment]
+
+
+def segment_catalog(connection: Connection) -> SegmentCatalog:
+    """The segments with the revision they are at. The token is read first: should a publish
+    land in between, the token is older than the segments, which costs one more reading later,
+    never a stale copy kept."""
+    token = connection.execute(SEGMENTS_REVISION).scalar()
+    return SegmentCatalog(token, _segments(connection))
+
+
+def _segments(connection: Connection) -> dict[str, Segment]:
+    rows = connection.execute(select(SegmentRow.id, SegmentRow.definition)).all()
     segments: dict[str, Segment] = {}
     for segment_id, definition in rows:
         cached = _parsed_segments.get(segment_id)
@@ -85,6 +114,8 @@ def publish(
                     session, TemplateRow(id=template.id, channel=template.channel, definition=data)
                 )
             )
+        if any(r.kind == "segment" and r.outcome != "unchanged" for r in results):
+            _new_revision(session, "segments")
         session.flush()
         templates = {row.id: row.definition for row in session.scalars(select(TemplateRow))}
         for journey in loaded.journeys:
@@ -92,6 +123,16 @@ def publish(
         for campaign in loaded.campaigns:
             results.append(_save_campaign(session, campaign, templates))
     return results
+
+
+def _new_revision(session: Session, name: str) -> None:
+    """Tell every process caching this catalog that it changed (in the same transaction)."""
+    token = uuid4().hex
+    changed = session.execute(
+        update(CatalogRevisionRow).where(CatalogRevisionRow.name == name).values(token=token)
+    )
+    if not changed.rowcount:  # type: ignore[attr-defined]
+        session.execute(insert(CatalogRevisionRow).values(name=name, token=token))
 
 
 def _save(session: Session, new: SegmentRow | TemplateRow) -> Published:

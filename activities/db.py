@@ -1,7 +1,7 @@
 """The store's tables, engines and migrations (SQLAlchemy 2, Alembic).
 
-One code path for SQLite (the default) and PostgreSQL: generic column types only, JSON as
-SQLAlchemy's JSON type.
+One code path for SQLite (the default) and PostgreSQL: generic column types, JSON as
+SQLAlchemy's JSON type, except the objects segment rules read key by key (`JsonObject`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from sqlalchemy import (
     create_engine,
     event,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -52,6 +53,11 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value
 
 
+# Attributes, consent and event properties: read key by key by every segment rule. PostgreSQL's
+# `json` is text, parsed again by each `->`; `jsonb` is parsed once, when written.
+JsonObject = JSON().with_variant(JSONB(), "postgresql")
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON}
 
@@ -63,9 +69,9 @@ class ProfileRow(Base):
     phone: Mapped[str | None] = mapped_column(String(32), index=True)
     timezone: Mapped[str | None] = mapped_column(String(64))
     locale: Mapped[str | None] = mapped_column(String(35))
-    attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    attributes: Mapped[dict[str, Any]] = mapped_column(JsonObject, default=dict)
     # {channel: {"status": "opted_in" | "opted_out", "source": str, "at": RFC 3339}}
-    consent: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    consent: Mapped[dict[str, Any]] = mapped_column(JsonObject, default=dict)
     device_tokens: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -76,6 +82,16 @@ class SegmentRow(Base):
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
     definition: Mapped[dict[str, Any]]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class CatalogRevisionRow(Base):
+    """A token replaced in every transaction that changes a catalog (`segments`): a process
+    keeping parsed segments checks it with one indexed read instead of reading them all. A
+    random token, not a counter, so a database created afresh never matches an old one."""
+
+    __tablename__ = "catalog_revisions"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    token: Mapped[str] = mapped_column(String(32))
 
 
 class MembershipRow(Base):
@@ -100,7 +116,7 @@ class EventRow(Base):
     profile_id: Mapped[str] = mapped_column(String(255))
     type: Mapped[str] = mapped_column(String(255))
     timestamp: Mapped[datetime]
-    properties: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    properties: Mapped[dict[str, Any]] = mapped_column(JsonObject, default=dict)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     __table_args__ = (Index("ix_events_profile_type_time", "profile_id", "type", "timestamp"),)
 
@@ -282,6 +298,18 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.create_function("parcours_epoch", 1, epoch, deterministic=True)
 
 
+def _ping_outside_transaction(dbapi_connection: Any) -> bool:
+    """The pre-ping, without the BEGIN psycopg would send first (and the ROLLBACK the pool
+    sends on return): one round trip, not three, before each use of a pooled connection."""
+    autocommit = dbapi_connection.autocommit
+    dbapi_connection.autocommit = True
+    try:
+        dbapi_connection.execute("SELECT 1")
+    finally:
+        dbapi_connection.autocommit = autocommit
+    return True
+
+
 _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
 
@@ -297,6 +325,8 @@ def engine_for(url: str) -> Engine:
             engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
             if engine.dialect.name == "sqlite":
                 event.listen(engine, "connect", _sqlite_pragmas)
+            elif engine.dialect.driver == "psycopg":
+                engine.dialect.do_ping = _ping_outside_transaction  # type: ignore[method-assign]
             migrate(engine)
             _engines[url] = engine
         return engine

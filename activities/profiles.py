@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from activities.db import EventRow, MembershipRow, ProfileRow, utcnow
 from parcours.errors import InputError
-from parcours.records import Profile
+from parcours.records import Profile, nul_at
 
 CHANNELS = ("email", "sms", "push")
 T = TypeVar("T")
@@ -492,6 +492,11 @@ def _check_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
     for name in attributes:
         if not isinstance(name, str) or not name:
             raise InputError("attributes", f"{name!r} is not an attribute name")
+    where = nul_at(dict(attributes), "attributes")
+    if where:
+        raise InputError(
+            "attributes", f"{where} holds a NUL character (\\u0000), which cannot be stored"
+        )
     return dict(attributes)
 
 

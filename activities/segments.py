@@ -7,17 +7,29 @@ for the caller to act on (journeys enter on `segment_entered` and exit on segmen
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import functools
+import threading
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import (
+    Connection,
+    String,
+    bindparam,
+    cast,
+    func,
+    null,
+    select,
+    type_coerce,
+    union_all,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from activities.catalog import known_segments
-from activities.db import EventRow, MembershipRow, ProfileRow, utcnow
+from activities.catalog import SEGMENTS_REVISION, known_segments, segment_catalog
+from activities.db import EventRow, JsonObject, MembershipRow, ProfileRow, utcnow
 from activities.rule_sql import members_query
 from parcours.definitions import Segment
 from parcours.evaluate import EventFacts, ProfileFacts, matches
@@ -70,6 +82,16 @@ def dependencies(rule: Any, segments: Mapping[str, Segment]) -> Dependencies:
     return found
 
 
+def event_rules(rule: Any, segments: Mapping[str, Segment]) -> Iterator[EventRule]:
+    """Every event rule a rule reads, through segment references too."""
+    if isinstance(rule, EventRule):
+        yield rule
+    elif isinstance(rule, SegmentRef):
+        yield from event_rules(segments[rule.segment].rule, segments)
+    for child in children(rule):
+        yield from event_rules(child, segments)
+
+
 def facts(engine: Engine, profile_id: str, event_types: Iterable[str]) -> ProfileFacts | None:
     """What the in-memory evaluator needs of one profile: its row and the events rules count."""
     types = sorted(set(event_types))
@@ -94,6 +116,124 @@ def facts(engine: Engine, profile_id: str, event_types: Iterable[str]) -> Profil
         )
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What one kind of change re-evaluates, worked out once per catalog revision."""
+
+    segments: tuple[str, ...]  # the segments it can affect
+    event_types: tuple[str, ...]  # the events their rules count
+    # How far back those rules look; None: at least one counts events of any age.
+    horizon: timedelta | None
+
+    def statement(self, dialect: str) -> Any:
+        return _refresh_read(dialect, len(self.event_types), self.horizon is not None)
+
+    def parameters(self, profile_id: str, now: datetime) -> dict[str, Any]:
+        parameters: dict[str, Any] = {"profile_id": profile_id}
+        parameters.update({f"type_{i}": t for i, t in enumerate(self.event_types)})
+        if self.horizon is not None:
+            parameters["since"] = now - self.horizon
+        return parameters
+
+
+@functools.cache
+def _refresh_read(dialect: str, types: int, since: bool) -> Any:
+    """One read of everything a refresh needs: the profile with the catalog's revision and its
+    current segments, space-separated (ids hold no spaces); then, one row each, the events of
+    `types` types (bound as type_0, type_1…), from `since` when given.
+
+    Built once per shape and kept: plans of the same shape share the very statement, so
+    SQLAlchemy reuses its compiled form and result metadata as they are."""
+    profile_id: Any = bindparam("profile_id")
+    active = select(
+        func.string_agg(MembershipRow.segment_id, " ")
+        if dialect == "postgresql"
+        else func.group_concat(MembershipRow.segment_id, " ")
+    ).where(MembershipRow.profile_id == profile_id, MembershipRow.active)
+    columns = [
+        ProfileRow.attributes,
+        ProfileRow.email,
+        ProfileRow.phone,
+        ProfileRow.device_tokens,
+        ProfileRow.consent,
+        SEGMENTS_REVISION.scalar_subquery().label("token"),
+        active.scalar_subquery().label("active"),
+    ]
+    if not types:
+        return select(*columns).where(ProfileRow.id == profile_id)
+    # SQLite keeps timestamps as text: read as such and parsed by `_timestamp`, much faster
+    # than SQLAlchemy's general parser.
+    timestamp: Any = (
+        type_coerce(EventRow.timestamp, String) if dialect == "sqlite" else EventRow.timestamp
+    )
+    # The profile's row, then one row per event: a join would repeat the profile's JSON,
+    # decoded again on every row. The profile's row is the one with no type.
+    profile = select(
+        *columns,
+        cast(null(), EventRow.type.type).label("type"),
+        cast(null(), timestamp.type).label("timestamp"),
+        cast(null(), JsonObject).label("properties"),
+    ).where(ProfileRow.id == profile_id)
+    # One parameter per type, not an expanding list: the statement compiles once.
+    kinds: list[Any] = [bindparam(f"type_{i}") for i in range(types)]
+    counted = select(
+        *(null() for _ in columns), EventRow.type, timestamp, EventRow.properties
+    ).where(EventRow.profile_id == profile_id, EventRow.type.in_(kinds))
+    if since:
+        counted = counted.where(EventRow.timestamp >= bindparam("since"))
+    return union_all(profile, counted)
+
+
+def _timestamp(value: datetime | str) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
+@dataclass
+class _Catalog:
+    """The segments as parsed at one revision, with what each change affects."""
+
+    token: str | None
+    segments: dict[str, Segment]
+    dependencies: dict[str, Dependencies]
+    plans: dict[tuple[str | None, bool], _Plan] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, connection: Connection) -> _Catalog:
+        read = segment_catalog(connection)
+        segments = read.segments
+        return cls(
+            read.token,
+            segments,
+            {sid: dependencies(s.rule, segments) for sid, s in segments.items()},
+        )
+
+    def plan(self, event_type: str | None, profile_changed: bool) -> _Plan:
+        key = (event_type, profile_changed)
+        plan = self.plans.get(key)
+        if plan is None:
+            affected = tuple(
+                sid
+                for sid, deps in sorted(self.dependencies.items())
+                if (event_type is not None and event_type in deps.events)
+                or (profile_changed and deps.profile)
+            )
+            rules = [
+                r for sid in affected for r in event_rules(self.segments[sid].rule, self.segments)
+            ]
+            windows = [r.within for r in rules]
+            horizon = None if None in windows or not windows else max(w for w in windows if w)
+            types = tuple(sorted({r.event for r in rules}))
+            plan = self.plans[key] = _Plan(affected, types, horizon)
+        return plan
+
+
+# Parsed segments per database, kept while its catalog revision stays the same.
+_catalogs: dict[str, _Catalog] = {}
+_catalogs_lock = threading.Lock()
+
+
 def refresh_profile(
     engine: Engine,
     profile_id: str,
@@ -102,28 +242,72 @@ def refresh_profile(
     profile_changed: bool = False,
     now: datetime | None = None,
 ) -> list[Transition]:
-    """Re-evaluate, for one profile, only the segments this change can affect."""
+    """Re-evaluate, for one profile, only the segments this change can affect.
+
+    The streaming path, run after every event: one indexed read (see `_Plan.statement`),
+    planned with the segments this process has parsed and checked against the catalog's
+    revision it returns; a write only when a membership changes.
+    """
     now = now or utcnow()
-    segments = known_segments(engine)
-    affected = {}
-    for segment_id, segment in segments.items():
-        deps = dependencies(segment.rule, segments)
-        if (event_type is not None and event_type in deps.events) or (
-            profile_changed and deps.profile
-        ):
-            affected[segment_id] = deps
-    if not affected:
-        return []
-    profile = facts(engine, profile_id, set().union(*(d.events for d in affected.values())))
-    if profile is None:
-        return []
-    now_in = {
-        segment_id: matches(segments[segment_id].rule, profile, now, segments)
-        for segment_id in affected
-    }
-    return _record(
-        engine, {(segment_id, profile_id): inside for segment_id, inside in now_in.items()}, now
+    key = engine.url.render_as_string(hide_password=False)
+    dialect = engine.dialect.name
+    connection = engine.connect()
+    if dialect == "postgresql":
+        # A single read needs no transaction: no BEGIN and ROLLBACK round trips. (SQLite's
+        # driver begins none for a read.)
+        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+    with connection:
+        catalog = _catalogs.get(key)
+        if catalog is None:
+            catalog = _Catalog.read(connection)
+        plan = catalog.plan(event_type, profile_changed)
+        rows = connection.execute(plan.statement(dialect), plan.parameters(profile_id, now)).all()
+        token = next((r.token for r in rows if r.token is not None), None)
+        if rows and (token is None or token != catalog.token):
+            # Segments were published since: read them, and the profile again if the new
+            # plan needs other events.
+            catalog = _Catalog.read(connection)
+            fetched, plan = plan, catalog.plan(event_type, profile_changed)
+            if (plan.event_types, plan.horizon) != (fetched.event_types, fetched.horizon):
+                rows = connection.execute(
+                    plan.statement(dialect), plan.parameters(profile_id, now)
+                ).all()
+    with _catalogs_lock:
+        _catalogs[key] = catalog
+    state = (
+        next((r for r in rows if r.type is None), None)
+        if plan.event_types
+        else (rows[0] if rows else None)
     )
+    if state is None or not plan.segments:
+        return []
+    events = (
+        [
+            EventFacts(r.type, _timestamp(r.timestamp), r.properties)
+            for r in rows
+            if r.type is not None
+        ]
+        if plan.event_types
+        else []
+    )
+    profile = ProfileFacts(
+        attributes=state.attributes,
+        email=state.email,
+        phone=state.phone,
+        device_tokens=tuple(state.device_tokens or ()),
+        consent=state.consent or {},
+        events=events,
+    )
+    active = set(state.active.split(" ")) if state.active else set()
+    segments = catalog.segments
+    changed = {}
+    for segment_id in plan.segments:
+        inside = matches(segments[segment_id].rule, profile, now, segments)
+        if inside != (segment_id in active):
+            changed[(segment_id, profile_id)] = inside
+    # _record reads the rows again in its own transaction: what another refresh changed in
+    # the meantime is not reported twice.
+    return _record(engine, changed, now) if changed else []
 
 
 def rebuild(engine: Engine, segment_id: str, now: datetime | None = None) -> list[Transition]:

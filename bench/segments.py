@@ -59,11 +59,10 @@ import psycopg
 import sqlalchemy
 from sqlalchemy import Connection, Index, insert, select, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session
 from sqlalchemy.schema import CreateIndex
 
 from activities import catalog
-from activities.db import Base, SegmentRow, close_engine, engine_for
+from activities.db import Base, close_engine, engine_for
 from activities.rule_sql import members_query, profiles
 from activities.segments import rebuild, refresh_profile
 from parcours.definitions import Segment
@@ -566,14 +565,9 @@ REBUILD_PROBE = "vip-recent-buyers"
 
 
 def publish_segments(engine: Engine, directory: Path) -> dict[str, Segment]:
-    """Save SEGMENTS once the loader has checked them (what `parcours apply` checks), without
-    the membership rebuild `apply` does: the benchmark records the memberships it needs itself.
-
-    The rows are written here rather than by `catalog.publish`, which stores each definition
-    with `model_dump(mode="json")`: a `not` rule is then saved under its field name `not_`,
-    which `catalog.known_segments` cannot read back. Dumped by alias, the rows are what
-    `publish` should write.
-    """
+    """Publish SEGMENTS once the loader has checked them (what `parcours apply` does), without
+    the membership rebuild `apply` follows it with: the benchmark records the memberships it
+    needs itself."""
     documents = [
         json.dumps({"kind": "segment", "id": segment_id, "rule": rule})
         for segment_id, rule in SEGMENTS.items()
@@ -583,10 +577,7 @@ def publish_segments(engine: Engine, directory: Path) -> dict[str, Segment]:
     loaded = load_paths([path])
     if loaded.errors:
         raise LoadFailed(loaded.errors)
-    with Session(engine) as session, session.begin():
-        for segment in loaded.segments.values():
-            definition = segment.model_dump(mode="json", by_alias=True)
-            session.merge(SegmentRow(id=segment.id, definition=definition))
+    catalog.publish(engine, loaded)
     return catalog.known_segments(engine)
 
 
@@ -697,11 +688,15 @@ def record_memberships(
 # Where a refresh's time goes: (label, file suffix, function) read from cProfile's cumulative
 # times; what is left is refresh_profile's own loop and the dependency bookkeeping.
 PARTS = (
-    ("known_segments: read and validate all segments", "activities/catalog.py", "known_segments"),
-    ("dependencies: walk every segment's rule", "activities/segments.py", "dependencies"),
-    ("facts: load the profile and its events", "activities/segments.py", "facts"),
+    (
+        "the catalog: read and parse the segments (a new revision only)",
+        "activities/segments.py",
+        "read",
+    ),
+    ("the read: one statement executed", "sqlalchemy/engine/base.py", "execute"),
+    ("its rows fetched (JSON decoded)", "sqlalchemy/engine/result.py", "all"),
     ("matches: in-memory evaluation", "parcours/evaluate.py", "matches"),
-    ("_record: read/write memberships", "activities/segments.py", "_record"),
+    ("_record: write memberships (transitions only)", "activities/segments.py", "_record"),
 )
 
 
@@ -1116,7 +1111,7 @@ Each rule is a published segment. `members_query` is built, run and every id fet
 
 ### Streaming: `refresh_profile` after one event
 
-{len(SEGMENTS)} segments are published (the five above and variations: {attribute_only()} on attributes only, the others reading events directly, through `where` or through segment references). The memberships of the sampled profiles are recorded first, as `parcours apply` would have left them. Then `refresh_profile(engine, profile_id, event_type=type, now=now)` is timed for {o.sample:,} events drawn at random from the loaded ones, after {STREAM_WARMUP} calls off the clock; nothing changed since the memberships were computed, so every transition would be a disagreement between the in-memory and the SQL evaluators. The segment rows are saved by the benchmark itself, dumped by alias: `catalog.publish` saves a `not` rule under its field name `not_`, which `catalog.known_segments` then fails to read back (and a `within_last` of 365 days or more as `P1Y`, which the duration parser refuses; the year-long rule here says `52w`).
+{len(SEGMENTS)} segments are published (the five above and variations: {attribute_only()} on attributes only, the others reading events directly, through `where` or through segment references). The memberships of the sampled profiles are recorded first, as `parcours apply` would have left them. Then `refresh_profile(engine, profile_id, event_type=type, now=now)` is timed for {o.sample:,} events drawn at random from the loaded ones, after {STREAM_WARMUP} calls off the clock; nothing changed since the memberships were computed, so every transition would be a disagreement between the in-memory and the SQL evaluators. The segments are published by `catalog.publish`, as `parcours apply` does.
 
 {stream_table(results)}
 

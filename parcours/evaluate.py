@@ -125,6 +125,8 @@ def matches(
     """`event` is the event a property rule reads (inside `where`, or a journey's entry event)."""
     if isinstance(rule, AttributeRule):
         return compare(rule, facts.attributes.get(rule.attribute, MISSING), now)
+    if isinstance(rule, EventRule):
+        return rule.count.accepts(_count(rule, facts, now, segments))
     if isinstance(rule, PropertyRule):
         properties = event.properties if event is not None else {}
         return compare(rule, properties.get(rule.property, MISSING), now)
@@ -138,22 +140,22 @@ def matches(
         return matches(segments[rule.segment].rule, facts, now, segments)
     if isinstance(rule, ConsentRule):
         return consented(facts, rule.consent)
-    if isinstance(rule, EventRule):
-        return rule.count.accepts(
-            sum(1 for e in facts.events if _counts(rule, e, facts, now, segments))
-        )
     raise TypeError(f"not a rule: {rule!r}")
 
 
-def _counts(
-    rule: EventRule,
-    event: EventFacts,
-    facts: ProfileFacts,
-    now: datetime,
-    segments: Mapping[str, Segment],
-) -> bool:
-    if event.type != rule.event:
-        return False
-    if rule.within is not None and event.timestamp < now - rule.within:
-        return False
-    return rule.where is None or matches(rule.where, facts, now, segments, event)
+def _count(
+    rule: EventRule, facts: ProfileFacts, now: datetime, segments: Mapping[str, Segment]
+) -> int:
+    """The profile's events this rule counts. A plain loop: streaming runs it for every event
+    rule a new event can affect."""
+    since = now - rule.within if rule.within is not None else None
+    where = rule.where
+    counted = 0
+    for event in facts.events:
+        if (
+            event.type == rule.event
+            and (since is None or event.timestamp >= since)
+            and (where is None or matches(where, facts, now, segments, event))
+        ):
+            counted += 1
+    return counted

@@ -10,6 +10,27 @@ from pydantic import BaseModel, Field, field_validator
 from parcours.contracts import DeliveryStatus
 
 
+def nul_at(value: Any, path: str) -> str | None:
+    """Where a JSON value holds a NUL character (in a key or a string), or None. PostgreSQL's
+    jsonb, which stores attributes and properties, cannot keep one: such input is refused at
+    the door, on every store alike, rather than by the database halfway through a write."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and "\x00" in key:
+                return path
+            found = nul_at(item, f"{path}.{key}")
+            if found:
+                return found
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found = nul_at(item, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
 class Profile(BaseModel):
     id: str
     email: str | None = None
@@ -73,6 +94,14 @@ class NewEvent(BaseModel):
         # `profiles set` could not address.
         if value != value.strip() or any(ord(c) < 32 or ord(c) == 127 for c in value):
             raise ValueError(f"{value!r} has spaces around it or control characters in it")
+        return value
+
+    @field_validator("properties")
+    @classmethod
+    def _no_nul(cls, value: dict[str, Any]) -> dict[str, Any]:
+        where = nul_at(value, "properties")
+        if where:
+            raise ValueError(f"{where} holds a NUL character (\\u0000), which cannot be stored")
         return value
 
     @field_validator("timestamp")

@@ -115,8 +115,14 @@ class CountBounds(_Rule):
         return {k: v for k, v in self.model_dump().items() if v is not None}
 
     def accepts(self, n: int) -> bool:
-        checks = {"eq": n.__eq__, "gt": n.__gt__, "gte": n.__ge__, "lt": n.__lt__, "lte": n.__le__}
-        return all(checks[k](v) for k, v in self.bounds().items())
+        # Field by field: called for every event rule on every streamed event.
+        return (
+            (self.eq is None or n == self.eq)
+            and (self.gt is None or n > self.gt)
+            and (self.gte is None or n >= self.gte)
+            and (self.lt is None or n < self.lt)
+            and (self.lte is None or n <= self.lte)
+        )
 
 
 class EventRule(_Rule):

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import inspect
 from sqlalchemy.engine import Engine
 
@@ -57,6 +58,18 @@ def test_bad_profile_fields_are_refused_by_name(
         set_profile(engine, "ada", **kwargs)
     assert raised.value.field == field
     assert get_profile(engine, "ada") is None, "nothing half-written"
+
+
+def test_a_nul_character_in_attributes_or_properties_is_refused_at_the_door(
+    engine: Engine,
+) -> None:
+    # PostgreSQL's jsonb cannot hold one; SQLite could, but both stores answer alike.
+    with pytest.raises(InputError) as raised:
+        set_profile(engine, "ada", attributes={"note": "a\x00b"})
+    assert raised.value.field == "attributes"
+    assert get_profile(engine, "ada") is None, "nothing half-written"
+    with pytest.raises(ValidationError, match=r"properties\.tags\[0\] holds a NUL character"):
+        NewEvent(type="noted", profile_id="ada", properties={"tags": ["x\x00"]})
 
 
 def test_events_are_idempotent_by_id_and_create_their_profile(engine: Engine) -> None:
