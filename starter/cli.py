@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -488,7 +489,19 @@ def deliveries(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+        code = 0
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else 0 if done.code is None else 1
+        if isinstance(done.code, str):
+            err.print(done.code, highlight=False)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Every command has finished its work here. Leaving without finalizing the interpreter
+    # avoids a rare abort ("PyGILState_Release ... finalizing") when the Temporal SDK's native
+    # threads are still winding down, which would turn a success into exit code -6.
+    os._exit(code)
 
 
 # Command groups kept in their own modules register themselves on the apps above.
