@@ -23,7 +23,7 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
-from activities import ledger
+from activities import ledger, suppression
 from activities.bound import BoundActivities
 from activities.catalog import known_segments
 from activities.channels import configured_senders
@@ -408,17 +408,11 @@ class PageSender:
     def _refused(self, recipient: _Recipient, exc: ProviderError) -> None:
         row = recipient.row
         if exc.suppress is not None:
+            assert recipient.address is not None
             with Session(self.engine) as session, session.begin():
-                if session.get(SuppressionRow, (self.channel, recipient.address)) is None:
-                    session.add(
-                        SuppressionRow(
-                            channel=self.channel,
-                            address=recipient.address,
-                            reason=exc.suppress,
-                            source="provider",
-                            created_at=utcnow(),
-                        )
-                    )
+                suppression.suppress(
+                    session, self.channel, recipient.address, exc.suppress, "provider"
+                )
             self._settle(row, "suppressed", f"{exc.suppress}: {exc.message}")
         elif exc.retryable:
             if not exc.ambiguous:
