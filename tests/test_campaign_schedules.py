@@ -87,12 +87,14 @@ async def test_a_triggered_schedule_starts_a_run_named_after_the_campaign_and_ti
             ):
                 await asyncio.sleep(0.2)
         [report] = run_reports(engine, "weekly-digest")
+        # The report is written by the run's last activity; the workflow completes just after.
+        run = client.get_workflow_handle(report["run_id"])
+        await run.result()
         await handle.delete()
     assert report["run_id"].startswith("campaign:weekly-digest:20")
     assert report["run_id"].endswith("Z")
     assert report["sent"] > 0 and report["audience"] == 30
-    run = await client.get_workflow_handle(report["run_id"]).describe()
-    assert run.status == WorkflowExecutionStatus.COMPLETED
+    assert (await run.describe()).status == WorkflowExecutionStatus.COMPLETED
     assert datetime.fromisoformat(
         report["run_id"].split(":", 2)[2].replace("Z", "+00:00")
     ) <= datetime.now(UTC)
