@@ -35,10 +35,9 @@ from activities.db import (
     CampaignRunRow,
     DeliveryRow,
     ProfileRow,
-    SuppressionRow,
     utcnow,
 )
-from activities.delivery import address_of
+from activities.delivery import address_of, no_address, send_clock
 from activities.rendering import RenderError, message_context, render
 from activities.rule_sql import members_query
 from parcours.contracts import (
@@ -176,7 +175,7 @@ class PageSender:
         self.page = page
         self.campaign = page.campaign
         self.channel = self.campaign.channel
-        self.now = max(page.now, utcnow())
+        self.now = send_clock(page.now)
         self.tag = f"{page.run_id}/{page.from_seq}"
         self.result = PageResult(next_seq=page.from_seq)
         self.release: list[str] = []
@@ -321,9 +320,9 @@ class PageSender:
             address = address_of(profile, self.channel)
             reason = None
             if address is None:
-                reason = f"no_address: the profile has no {self.channel} address"
-            elif (profile.consent.get(self.channel) or {}).get("status") == "opted_out":
-                reason = "opted_out"
+                reason = no_address(self.channel)
+            elif suppression.opted_out(profile, self.channel):
+                reason = suppression.OPTED_OUT
             elif address in suppressed:
                 reason = suppressed[address]
             elif self.campaign.priority == "marketing":
@@ -442,36 +441,22 @@ class PageSender:
 
     def _suppressed_addresses(self, pending: list[_Recipient]) -> dict[str, str]:
         addresses = [a for r in pending if (a := address_of(r.profile, self.channel))]
-        if not addresses:
-            return {}
         with Session(self.engine) as session:
-            return dict(
-                session.execute(
-                    select(SuppressionRow.address, SuppressionRow.reason).where(
-                        SuppressionRow.channel == self.channel,
-                        SuppressionRow.address.in_(addresses),
-                    )
-                ).all()
-            )
+            return suppression.suppressed_addresses(session, self.channel, addresses)
 
     def _over_cap(self, pending: list[_Recipient]) -> set[str]:
         cap = self.policy.frequency_caps.get(self.channel)
         if cap is None or self.campaign.priority != "marketing" or not pending:
             return set()
         with Session(self.engine) as session:
-            counts = session.execute(
-                select(DeliveryRow.profile_id, func.count())
-                .where(
-                    DeliveryRow.profile_id.in_([r.profile.id for r in pending]),
-                    DeliveryRow.channel == self.channel,
-                    DeliveryRow.priority == "marketing",
-                    DeliveryRow.status.in_(ledger.COUNTED),
-                    DeliveryRow.sent_at >= self.now - cap.window,
-                    DeliveryRow.workflow_id != self.page.run_id,
-                )
-                .group_by(DeliveryRow.profile_id)
-            ).all()
-            return {profile_id for profile_id, n in counts if n >= cap.limit}
+            sent = ledger.marketing_sent(
+                session,
+                [r.profile.id for r in pending],
+                self.channel,
+                self.now - cap.window,
+                besides=DeliveryRow.workflow_id.is_distinct_from(self.page.run_id),
+            )
+        return {profile_id for profile_id, n in sent.items() if n >= cap.limit}
 
     def _held_until(self, profile: Profile) -> datetime | None:
         send_at = self.campaign.send_at

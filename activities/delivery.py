@@ -4,7 +4,7 @@ caps), send, record."""
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -37,9 +37,7 @@ class DeliveryActivities(BoundActivities):
         return await asyncio.to_thread(self._send, request)
 
     def _send(self, request: SendMessageInput) -> DeliveryResult:
-        # The later of the two clocks: the workflow's runs ahead on a time-skipping server, the
-        # wall clock is ahead when this is a retry long after the workflow asked.
-        now = max(request.now or utcnow(), utcnow())
+        now = send_clock(request.now)
         claim = ledger.claim(self.engine, request, now)
         if claim.settled is not None:
             activity.logger.info(
@@ -64,7 +62,7 @@ class DeliveryActivities(BoundActivities):
             return settle("failed", f"profile {request.profile_id!r} does not exist (erased?)")
         address = address_of(profile, request.channel)
         if address is None:
-            return settle("suppressed", f"no_address: {_MISSING[request.channel]}")
+            return settle("suppressed", no_address(request.channel))
 
         template = (
             catalog.journey_template(
@@ -158,6 +156,16 @@ _MISSING = {
     "sms": "the profile has no phone number",
     "push": "the profile has no push device token",
 }
+
+
+def send_clock(asked_at: datetime | None) -> datetime:
+    """The later of the two clocks: the workflow's runs ahead on a time-skipping server, the
+    wall clock is ahead when this is a retry long after the workflow asked."""
+    return max(asked_at or utcnow(), utcnow())
+
+
+def no_address(channel: str) -> str:
+    return f"no_address: {_MISSING[channel]}"
 
 
 def address_of(profile: Profile, channel: str) -> str | None:

@@ -10,6 +10,7 @@ trace of it; a provider that cannot say leaves it failed rather than sent a seco
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -17,6 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import ColumnElement
 
 from activities import suppression
 from activities.db import DeliveryRow, ProfileRow, utcnow
@@ -141,8 +143,16 @@ def admit(
                 row.reason = f"quiet hours ({quiet}) until {opens.isoformat()}"
                 return _result(row).model_copy(update={"not_before": opens})
             cap = policy.frequency_caps.get(request.channel)
-            if cap is not None and _marketing_sent(session, row, now - cap.window) >= cap.limit:
-                return suppressed(FREQUENCY_CAP)
+            if cap is not None:
+                sent = marketing_sent(
+                    session,
+                    [row.profile_id],
+                    row.channel,
+                    now - cap.window,
+                    besides=DeliveryRow.id != row.id,
+                )
+                if sent.get(row.profile_id, 0) >= cap.limit:
+                    return suppressed(FREQUENCY_CAP)
         row.status, row.reason, row.sent_at = "sending", None, now
         row.to_address, row.subject, row.body = admission.to, admission.subject, admission.body
         row.attempts += 1
@@ -153,22 +163,29 @@ def admit(
         return None
 
 
-def _marketing_sent(session: Session, row: DeliveryRow, since: datetime) -> int:
-    return (
-        session.scalar(
-            select(func.count())
-            .select_from(DeliveryRow)
-            .where(
-                DeliveryRow.profile_id == row.profile_id,
-                DeliveryRow.channel == row.channel,
-                DeliveryRow.sent_at >= since,
-                DeliveryRow.priority == "marketing",
-                DeliveryRow.status.in_(COUNTED),
-                DeliveryRow.id != row.id,
-            )
+def marketing_sent(
+    session: Session,
+    profile_ids: Sequence[str],
+    channel: str,
+    since: datetime,
+    *,
+    besides: ColumnElement[bool],
+) -> dict[str, int]:
+    """Marketing messages each profile was sent on `channel` since `since`: what a frequency
+    cap counts. `besides` leaves out the sender's own deliveries (its row, its run)."""
+    rows = session.execute(
+        select(DeliveryRow.profile_id, func.count())
+        .where(
+            DeliveryRow.profile_id.in_(profile_ids),
+            DeliveryRow.channel == channel,
+            DeliveryRow.sent_at >= since,
+            DeliveryRow.priority == "marketing",
+            DeliveryRow.status.in_(COUNTED),
+            besides,
         )
-        or 0
-    )
+        .group_by(DeliveryRow.profile_id)
+    ).all()
+    return {profile_id: count for profile_id, count in rows}
 
 
 def release(engine: Engine, delivery_id: str, reason: str) -> None:

@@ -7,6 +7,8 @@ profile that takes that address later.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -38,13 +40,27 @@ def lift(session: Session, channel: str, address: str) -> None:
 
 def reason_for(session: Session, profile: Profile, channel: str, address: str) -> str | None:
     """Why a message to this profile and address must not go, or None when it may."""
-    if (profile.consent.get(channel) or {}).get("status") == "opted_out":
+    if opted_out(profile, channel):
         return OPTED_OUT
-    return session.scalar(
-        select(SuppressionRow.reason).where(
-            SuppressionRow.channel == channel, SuppressionRow.address == address
+    return suppressed_addresses(session, channel, [address]).get(address)
+
+
+def opted_out(profile: Profile, channel: str) -> bool:
+    return bool((profile.consent.get(channel) or {}).get("status") == "opted_out")
+
+
+def suppressed_addresses(
+    session: Session, channel: str, addresses: Sequence[str]
+) -> dict[str, str]:
+    """The suppressed ones among `addresses`, with their reasons."""
+    if not addresses:
+        return {}
+    rows = session.execute(
+        select(SuppressionRow.address, SuppressionRow.reason).where(
+            SuppressionRow.channel == channel, SuppressionRow.address.in_(addresses)
         )
-    )
+    ).all()
+    return {address: reason for address, reason in rows}
 
 
 def suppressions(session: Session, channel: str | None = None) -> list[SuppressionRow]:

@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from parcours.definitions import Campaign, Channel, Journey, Until
-from parcours.rules import Rule
+from parcours.definitions import Campaign, Journey, Until
+from parcours.rules import Channel, Rule
 
 DeliveryStatus = Literal[
     "queued", "sending", "sent", "delivered", "opened", "clicked", "bounced", "failed", "suppressed"

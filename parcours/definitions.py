@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from parcours.durations import Duration, format_duration
-from parcours.rules import Rule
+from parcours.rules import Channel, Rule
 
 Identifier = Annotated[
     str,
@@ -23,7 +23,6 @@ Identifier = Annotated[
         description="letters, digits, '-', '_' or '.', starting with a letter or digit",
     ),
 ]
-Channel = Literal["email", "sms", "push"]
 
 
 class _Strict(BaseModel):
@@ -76,7 +75,7 @@ class Entry(_Strict):
         return f"segment {self.segment_entered} entered" if self.segment_entered else "API"
 
 
-def _check_zone(name: str, field: str) -> None:
+def check_zone(name: str, field: str) -> None:
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
@@ -101,7 +100,7 @@ class Until(_Strict):
         ):
             if zone == "profile" and field == "timezone":
                 continue
-            _check_zone(zone, field)
+            check_zone(zone, field)
         return self
 
 
@@ -361,7 +360,7 @@ class CampaignSchedule(_Strict):
 
     @model_validator(mode="after")
     def _zone_exists(self) -> CampaignSchedule:
-        _check_zone(self.timezone, "timezone")
+        check_zone(self.timezone, "timezone")
         return self
 
 
@@ -373,7 +372,7 @@ class SendAt(_Strict):
 
     @model_validator(mode="after")
     def _zone_exists(self) -> SendAt:
-        _check_zone(self.fallback_timezone, "fallback_timezone")
+        check_zone(self.fallback_timezone, "fallback_timezone")
         return self
 
 

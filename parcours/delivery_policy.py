@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, time, timedelta
-from typing import Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import Any
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from parcours.definitions import check_zone
 from parcours.durations import Duration, format_duration, parse_duration
+from parcours.rules import Channel
 from parcours.timing import next_local_time
 
-Channel = Literal["email", "sms", "push"]
 _WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
 _CAP = re.compile(r"^\s*(\d+)\s*/\s*(\S+)\s*$")
 
@@ -101,10 +102,7 @@ class DeliveryPolicy(BaseModel):
     @field_validator("default_timezone")
     @classmethod
     def _zone_exists(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown IANA time zone {value!r}") from None
+        check_zone(value, "default_timezone")
         return value
 
     def zone(self, timezone: str | None) -> ZoneInfo:

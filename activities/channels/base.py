@@ -66,13 +66,16 @@ class ProviderError(Exception):
         self.ambiguous = ambiguous
 
 
-def unreachable(provider: str, err: BaseException) -> ProviderError:
+def unreachable(
+    provider: str, err: BaseException, *, never_connected: bool | None = None
+) -> ProviderError:
     """A transport failure. Only a connection that was never made proves the provider did not
-    take the message; anything later (a timeout, a reset) leaves it unknown."""
+    take the message; anything later (a timeout, a reset) leaves it unknown. Channels whose
+    client wraps errors its own way say `never_connected` themselves."""
     reason = getattr(err, "reason", None) or err
-    never_connected = isinstance(reason, ConnectionRefusedError | socket.gaierror) or (
-        "NewConnectionError" in str(err) or "ConnectTimeout" in type(err).__name__
-    )
+    if never_connected is None:
+        # urllib: a refused connection or an unknown host, wrapped in URLError.reason.
+        never_connected = isinstance(reason, ConnectionRefusedError | socket.gaierror)
     return ProviderError(
         f"{provider} unreachable: {reason or type(err).__name__}",
         retryable=True,

@@ -9,6 +9,7 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
+from urllib3.exceptions import NewConnectionError
 
 from activities.channels.base import (
     DELIVERY_TAG,
@@ -78,7 +79,7 @@ class TwilioSms:
         except requests.RequestException as err:
             # Refused connections, timeouts and dropped answers: nothing says Twilio refused
             # the message, so another attempt may well succeed.
-            raise unreachable("Twilio", err) from err
+            raise unreachable("Twilio", err, never_connected=_never_connected(err)) from err
         return str(sent.sid)
 
 
@@ -109,3 +110,9 @@ def _provider_error(err: TwilioRestException, http: _HeaderKeepingHttpClient) ->
             "Twilio 401: the account SID or auth token was rejected", retryable=False, status=401
         )
     return ProviderError(text, retryable=err.status >= 500, status=err.status)
+
+
+def _never_connected(err: requests.RequestException) -> bool:
+    # requests wraps urllib3's MaxRetryError, whose `reason` says what happened.
+    reason = getattr(err.args[0], "reason", None) if err.args else None
+    return isinstance(err, requests.ConnectTimeout) or isinstance(reason, NewConnectionError)
