@@ -215,6 +215,32 @@ def _save_campaign(
     return Published("campaign", campaign.id, "updated", status=row.status)
 
 
+def campaign(engine: Engine, campaign_id: str) -> tuple[Campaign, str]:
+    """An applied campaign and its status (active or paused)."""
+    with Session(engine) as session:
+        row = session.get(CampaignRow, campaign_id)
+        if row is None:
+            raise InputError("campaign", f"no campaign {campaign_id!r} is applied")
+        return Campaign.model_validate(row.definition), row.status
+
+
+def campaigns(engine: Engine) -> list[tuple[Campaign, str]]:
+    with Session(engine) as session:
+        return [
+            (Campaign.model_validate(row.definition), row.status)
+            for row in session.scalars(select(CampaignRow).order_by(CampaignRow.id))
+        ]
+
+
+def set_campaign_status(engine: Engine, campaign_id: str, status: str) -> Campaign:
+    with Session(engine) as session, session.begin():
+        row = session.get(CampaignRow, campaign_id)
+        if row is None:
+            raise InputError("campaign", f"no campaign {campaign_id!r} is applied")
+        row.status = status
+        return Campaign.model_validate(row.definition)
+
+
 def live_journeys_for_event(engine: Engine, event_type: str) -> list[tuple[Journey, int]]:
     """The current version of every live journey that this event type enters."""
     return routes_for_event(engine, event_type).entering

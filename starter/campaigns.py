@@ -6,9 +6,7 @@ from __future__ import annotations
 import contextlib
 from datetime import UTC, datetime
 
-from sqlalchemy import select
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session
 from temporalio.client import (
     Client,
     Schedule,
@@ -28,34 +26,17 @@ from temporalio.client import (
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities import catalog
 from activities.campaigns import running_runs
-from activities.db import CampaignRow
 from parcours import search_attributes as sa
 from parcours.contracts import CampaignInput, CampaignReport
 from parcours.definitions import Campaign
-from parcours.errors import InputError
 from parcours.settings import Settings
 from workflows.campaign import CampaignScheduleWorkflow, CampaignWorkflow, run_workflow_id
 
 
 def schedule_id(campaign_id: str) -> str:
     return f"campaign:{campaign_id}"
-
-
-def campaign(engine: Engine, campaign_id: str) -> tuple[Campaign, str]:
-    with Session(engine) as session:
-        row = session.get(CampaignRow, campaign_id)
-        if row is None:
-            raise InputError("campaign", f"no campaign {campaign_id!r} is applied")
-        return Campaign.model_validate(row.definition), row.status
-
-
-def campaigns(engine: Engine) -> list[tuple[Campaign, str]]:
-    with Session(engine) as session:
-        return [
-            (Campaign.model_validate(row.definition), row.status)
-            for row in session.scalars(select(CampaignRow).order_by(CampaignRow.id))
-        ]
 
 
 def _schedule(campaign: Campaign, status: str, settings: Settings) -> Schedule:
@@ -89,7 +70,7 @@ def _schedule(campaign: Campaign, status: str, settings: Settings) -> Schedule:
 async def sync_schedules(client: Client, engine: Engine, settings: Settings) -> list[str]:
     """Make the cluster's campaign Schedules match the applied campaigns; returns their ids."""
     ids = []
-    for found, status in campaigns(engine):
+    for found, status in catalog.campaigns(engine):
         handle = client.get_schedule_handle(schedule_id(found.id))
         if found.schedule is None:
             with contextlib.suppress(RPCError):
@@ -112,7 +93,7 @@ async def start_run(
     client: Client, engine: Engine, settings: Settings, campaign_id: str
 ) -> WorkflowHandle[CampaignWorkflow, CampaignReport]:
     """Start a run now, as `campaign:{id}:{now}`."""
-    campaign(engine, campaign_id)  # fails with a clear error when it is not applied
+    catalog.campaign(engine, campaign_id)  # fails with a clear error when it is not applied
     at = datetime.now(UTC)
     return await client.start_workflow(
         CampaignWorkflow.run,
@@ -136,11 +117,7 @@ async def set_paused(
 ) -> list[str]:
     """Pause (or resume) the campaign: its schedule and every run still going. Returns the
     runs signalled."""
-    found, _ = campaign(engine, campaign_id)
-    with Session(engine) as session, session.begin():
-        row = session.get(CampaignRow, campaign_id)
-        assert row is not None
-        row.status = "paused" if paused else "active"
+    found = catalog.set_campaign_status(engine, campaign_id, "paused" if paused else "active")
     if found.schedule is not None:
         handle = client.get_schedule_handle(schedule_id(campaign_id))
         try:

@@ -33,7 +33,7 @@ CampaignId = Annotated[str, typer.Argument(metavar="ID", help="An applied campai
 def campaigns_list(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """Applied campaigns, their schedule and their latest run."""
     from activities.campaigns import latest_runs
-    from starter.campaigns import campaigns
+    from activities.catalog import campaigns
 
     db = engine(ctx)
     latest = latest_runs(db)
@@ -133,7 +133,7 @@ def _print_report(report: dict[str, Any]) -> None:
 def campaigns_show(ctx: typer.Context, campaign_id: CampaignId, as_json: JsonFlag = False) -> None:
     """A campaign's runs and their reports."""
     from activities.campaigns import run_reports
-    from starter.campaigns import campaign
+    from activities.catalog import campaign
 
     found, status = campaign(engine(ctx), campaign_id)
     reports = run_reports(engine(ctx), campaign_id)
