@@ -22,7 +22,7 @@ from activities.db import (
     TemplateRow,
 )
 from parcours.definitions import Campaign, Journey, MessageNode, Segment, Template
-from parcours.errors import InputError
+from parcours.errors import InputError, NotFound
 from parcours.loader import LoadResult
 from parcours.records import JourneyVersion
 
@@ -220,7 +220,7 @@ def campaign(engine: Engine, campaign_id: str) -> tuple[Campaign, str]:
     with Session(engine) as session:
         row = session.get(CampaignRow, campaign_id)
         if row is None:
-            raise InputError("campaign", f"no campaign {campaign_id!r} is applied")
+            raise NotFound("campaign", f"no campaign {campaign_id!r} is applied")
         return Campaign.model_validate(row.definition), row.status
 
 
@@ -236,7 +236,7 @@ def set_campaign_status(engine: Engine, campaign_id: str, status: str) -> Campai
     with Session(engine) as session, session.begin():
         row = session.get(CampaignRow, campaign_id)
         if row is None:
-            raise InputError("campaign", f"no campaign {campaign_id!r} is applied")
+            raise NotFound("campaign", f"no campaign {campaign_id!r} is applied")
         row.status = status
         return Campaign.model_validate(row.definition)
 
@@ -405,7 +405,7 @@ def set_status(
     with Session(engine) as session, session.begin():
         row = session.get(JourneyRow, journey_id, with_for_update=True)
         if row is None:
-            raise InputError("journey", f"no journey {journey_id!r} is published")
+            raise NotFound("journey", f"no journey {journey_id!r} is published")
         previous = row.status
         if previous != status and previous not in TRANSITIONS[status]:
             verb = {"live": "made live", "paused": "paused", "stopped": "stopped"}[status]

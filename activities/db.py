@@ -118,6 +118,8 @@ class EventRow(Base):
     timestamp: Mapped[datetime]
     properties: Mapped[dict[str, Any]] = mapped_column(JsonObject, default=dict)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Empty while the event waits to be routed (see migration 0009).
+    routed_at: Mapped[datetime | None]
     __table_args__ = (Index("ix_events_profile_type_time", "profile_id", "type", "timestamp"),)
 
 

@@ -10,16 +10,17 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from activities.db import EventRow, utcnow
 from activities.profiles import (
+    IN_CHUNK,
     create_missing_profiles,
     insert_missing,
     plan_for_current_sizes,
@@ -28,15 +29,24 @@ from activities.profiles import (
 from parcours.records import Event, NewEvent
 
 
-def record_event(engine: Engine, new: NewEvent) -> tuple[Event, bool]:
+def record_event(
+    engine: Engine, new: NewEvent, to_route: Callable[[NewEvent], bool] = lambda _: False
+) -> tuple[Event, bool]:
     """Store the event; returns it and whether it was a duplicate of one already stored."""
-    return record_events(engine, [new])[0]
+    return record_events(engine, [new], to_route)[0]
 
 
-def record_events(engine: Engine, events: Sequence[NewEvent]) -> list[tuple[Event, bool]]:
+def record_events(
+    engine: Engine,
+    events: Sequence[NewEvent],
+    to_route: Callable[[NewEvent], bool] = lambda _: False,
+) -> list[tuple[Event, bool]]:
     """Store the events in one transaction; for each, in order, the stored event and whether it
     was a duplicate (its id already stored, or earlier in the same batch). Events without an id
-    get a random one; profiles that do not exist yet are created."""
+    get a random one; profiles that do not exist yet are created.
+
+    Events for which `to_route` is true are stored as waiting to be routed, until
+    `mark_routed`; the others (imports, events no journey or segment follows) as routed."""
     now = utcnow()
     values: list[dict[str, Any]] = []
     first: dict[str, dict[str, Any]] = {}  # the first occurrence of each id is the one stored
@@ -48,6 +58,7 @@ def record_events(engine: Engine, events: Sequence[NewEvent]) -> list[tuple[Even
             "timestamp": new.timestamp or now,
             "properties": new.properties,
             "received_at": now,
+            "routed_at": None if to_route(new) else now,
         }
         values.append(row)
         first.setdefault(row["id"], row)
@@ -77,6 +88,34 @@ def record_events(engine: Engine, events: Sequence[NewEvent]) -> list[tuple[Even
     return results
 
 
+def unrouted(engine: Engine, event_ids: Sequence[str]) -> set[str]:
+    """Those of these stored events whose routing has not completed."""
+    found: set[str] = set()
+    with Session(engine) as session:
+        for start in range(0, len(event_ids), IN_CHUNK):
+            chunk = event_ids[start : start + IN_CHUNK]
+            found.update(
+                session.scalars(
+                    select(EventRow.id).where(EventRow.id.in_(chunk), EventRow.routed_at.is_(None))
+                )
+            )
+    return found
+
+
+def mark_routed(engine: Engine, event_ids: Sequence[str]) -> None:
+    if not event_ids:
+        return
+    with Session(engine) as session, session.begin():
+        now = utcnow()
+        for start in range(0, len(event_ids), IN_CHUNK):
+            chunk = event_ids[start : start + IN_CHUNK]
+            session.execute(
+                update(EventRow)
+                .where(EventRow.id.in_(chunk), EventRow.routed_at.is_(None))
+                .values(routed_at=now)
+            )
+
+
 def content_event_id(new: NewEvent) -> str:
     """A deterministic id for an event that has none: a hash of its canonical content, so the
     same event read twice (a re-imported file) is stored once."""
@@ -95,8 +134,8 @@ def get_event(engine: Engine, event_id: str) -> Event | None:
 
 def _stored(session: Session, event_ids: list[str]) -> dict[str, Event]:
     stored: dict[str, Event] = {}
-    for start in range(0, len(event_ids), 500):
-        chunk = event_ids[start : start + 500]
+    for start in range(0, len(event_ids), IN_CHUNK):
+        chunk = event_ids[start : start + IN_CHUNK]
         for row in session.scalars(select(EventRow).where(EventRow.id.in_(chunk))):
             stored[row.id] = _to_model(row)
     return stored

@@ -1,4 +1,4 @@
-"""Profiles: validated upserts (one code path for the CLI, the API and imports), lookup, erasure.
+"""Profiles: validated upserts (one code path for the CLI, the API and imports) and lookup.
 
 Every change goes through `profile_update` (validation and normalisation, no database) and then
 `upsert_profiles` (one transaction for any number of changes), so a profile set from the CLI
@@ -20,14 +20,14 @@ from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 import phonenumbers
-from sqlalchemy import Table, bindparam, delete, insert, select, text
+from sqlalchemy import Table, bindparam, insert, select, text
 from sqlalchemy import update as sql_update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
-from activities.db import EventRow, MembershipRow, ProfileRow, utcnow
+from activities.db import ProfileRow, utcnow
 from parcours.errors import InputError
 from parcours.records import Profile, nul_at
 
@@ -54,7 +54,7 @@ _NOT_ZONES = frozenset({"localtime", "posixrules", "Factory"})
 _PROFILES: Table = ProfileRow.__table__  # type: ignore[assignment]
 # deadlock_detected, serialization_failure: the transaction was rolled back and may be rerun.
 _RETRYABLE = frozenset({"40P01", "40001"})
-_CHUNK = 500  # ids per IN (…): far below SQLite's and PostgreSQL's parameter limits
+IN_CHUNK = 500  # ids per IN (…): far below SQLite's and PostgreSQL's parameter limits
 
 
 @dataclass(frozen=True)
@@ -67,18 +67,11 @@ class ProfileUpdate:
     timezone: str | None = None
     locale: str | None = None
     attributes: Mapping[str, Any] = field(default_factory=dict)
+    replace_attributes: bool = False  # the given attributes become all of them
     consent: Mapping[str, bool] = field(default_factory=dict)  # channel -> opted in
     consent_source: str = "api"
     add_device_tokens: tuple[str, ...] = ()
     remove_device_tokens: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Erasure:
-    id: str
-    found: bool
-    events: int
-    memberships: int
 
 
 def profile_update(
@@ -89,6 +82,7 @@ def profile_update(
     timezone: str | None = None,
     locale: str | None = None,
     attributes: Mapping[str, Any] | None = None,
+    replace_attributes: bool = False,
     consent: Mapping[str, Any] | None = None,
     consent_source: str = "api",
     add_device_tokens: Iterable[str] = (),
@@ -106,6 +100,7 @@ def profile_update(
         timezone=None if timezone is None else check_timezone(timezone),
         locale=None if locale is None else normalise_locale(locale),
         attributes=_check_attributes(attributes or {}),
+        replace_attributes=replace_attributes,
         consent=_check_consent(consent or {}),
         consent_source=_check_text("consent_source", consent_source, 64),
         add_device_tokens=_check_tokens("device_tokens", add_device_tokens),
@@ -188,14 +183,15 @@ def set_profile(
     timezone: str | None = None,
     locale: str | None = None,
     attributes: Mapping[str, Any] | None = None,
+    replace_attributes: bool = False,
     consent: Mapping[str, Any] | None = None,
     consent_source: str = "api",
     add_device_tokens: Iterable[str] = (),
     remove_device_tokens: Iterable[str] = (),
 ) -> Profile:
     """Create the profile or merge into it: given fields replace, attributes are merged key by
-    key, consent changes are recorded with their source and time. Nothing is written when any
-    field is wrong."""
+    key (or, with `replace_attributes`, become the whole set), consent changes are recorded with
+    their source and time. Nothing is written when any field is wrong."""
     update = profile_update(
         profile_id,
         email=email,
@@ -203,6 +199,7 @@ def set_profile(
         timezone=timezone,
         locale=locale,
         attributes=attributes,
+        replace_attributes=replace_attributes,
         consent=consent,
         consent_source=consent_source,
         add_device_tokens=add_device_tokens,
@@ -253,21 +250,6 @@ def get_profile(engine: Engine, profile_id: str) -> Profile | None:
     with Session(engine) as session:
         row = session.get(ProfileRow, profile_id)
         return _to_model(row) if row else None
-
-
-def erase_profile(engine: Engine, profile_id: str) -> Erasure:
-    """Remove the profile, its events and its segment memberships, in one transaction.
-
-    Deliveries are kept for now (they are the record of what was sent; scrubbing their
-    addresses is the ledger's job).
-    """
-    with Session(engine) as session, session.begin():
-        found = _deleted(session, delete(ProfileRow).where(ProfileRow.id == profile_id))
-        events = _deleted(session, delete(EventRow).where(EventRow.profile_id == profile_id))
-        memberships = _deleted(
-            session, delete(MembershipRow).where(MembershipRow.profile_id == profile_id)
-        )
-    return Erasure(profile_id, found > 0, events, memberships)
 
 
 def ensure_profile(session: Session, profile_id: str) -> None:
@@ -388,8 +370,11 @@ def _apply(state: _State, update: ProfileUpdate, now: datetime) -> bool:
         if value is not None and value != getattr(state, name):
             setattr(state, name, value)
             changed = True
-    if update.attributes:
-        merged = {**state.attributes, **update.attributes}
+    if update.attributes or update.replace_attributes:
+        merged = {
+            **({} if update.replace_attributes else state.attributes),
+            **update.attributes,
+        }
         # Compared as JSON: in Python 1 == 1.0 == True, but they are different attribute values.
         if _json(merged) != _json(state.attributes):
             state.attributes = merged
@@ -462,10 +447,10 @@ def _locked_states(session: Session, profile_ids: Iterable[str]) -> dict[str, _S
     ids = sorted(profile_ids)
     columns = [_PROFILES.c.id, *(_PROFILES.c[name] for name in _State.__dataclass_fields__)]
     states: dict[str, _State] = {}
-    for start in range(0, len(ids), _CHUNK):
+    for start in range(0, len(ids), IN_CHUNK):
         statement = (
             select(*columns)
-            .where(_PROFILES.c.id.in_(ids[start : start + _CHUNK]))
+            .where(_PROFILES.c.id.in_(ids[start : start + IN_CHUNK]))
             .with_for_update()
         )
         states.update((row.id, _State.of(row)) for row in session.execute(statement))
@@ -478,10 +463,6 @@ def _row_values(profile_id: str, state: _State, now: datetime) -> dict[str, Any]
 
 def _blank_row(profile_id: str, now: datetime) -> dict[str, Any]:
     return _row_values(profile_id, _State(), now)
-
-
-def _deleted(session: Session, statement: Any) -> int:
-    return int(session.execute(statement).rowcount or 0)  # type: ignore[attr-defined]
 
 
 def _json(value: Any) -> str:

@@ -234,6 +234,19 @@ _catalogs: dict[str, _Catalog] = {}
 _catalogs_lock = threading.Lock()
 
 
+def followed_event_types(engine: Engine) -> frozenset[str]:
+    """The event types some segment's membership depends on, at the current revision (one
+    small read when the segments did not change)."""
+    key = engine.url.render_as_string(hide_password=False)
+    with engine.connect() as connection:
+        catalog = _catalogs.get(key)
+        if catalog is None or catalog.token != connection.execute(SEGMENTS_REVISION).scalar():
+            catalog = _Catalog.read(connection)
+            with _catalogs_lock:
+                _catalogs[key] = catalog
+    return frozenset(t for deps in catalog.dependencies.values() for t in deps.events)
+
+
 def refresh_profile(
     engine: Engine,
     profile_id: str,

@@ -8,3 +8,7 @@ class InputError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+class NotFound(InputError):
+    """The input names something that does not exist (HTTP answers 404)."""

@@ -117,6 +117,27 @@ def load_paths(
     result = LoadResult()
     for path in definition_files(paths):
         _load_file(path, result)
+    return _cross_check(result, known_templates, known_segments)
+
+
+def load_documents(
+    documents: Iterable[tuple[str, Any]],
+    known_templates: Mapping[str, Template] | None = None,
+    known_segments: Mapping[str, Segment] | None = None,
+) -> LoadResult:
+    """Load and cross-check definitions already parsed (an HTTP body, say), each named by
+    where it came from; the same checks and the same errors as `load_paths`."""
+    result = LoadResult()
+    for name, data in documents:
+        _load_document(name, data, None, None, result)
+    return _cross_check(result, known_templates, known_segments)
+
+
+def _cross_check(
+    result: LoadResult,
+    known_templates: Mapping[str, Template] | None,
+    known_segments: Mapping[str, Segment] | None,
+) -> LoadResult:
     _check_duplicates(result)
     templates = {**(known_templates or {}), **result.templates}
     all_segments = {**(known_segments or {}), **result.segments}
@@ -187,32 +208,33 @@ def _load_file(path: Path, result: LoadResult) -> None:
         result.errors.append(LoadError(name, "", "the file holds no definition"))
     many = len(documents) > 1
     for number, (data, node) in enumerate(documents, start=1):
-        document = number if many else None
-        if not isinstance(data, dict):
+        _load_document(name, data, node, number if many else None, result)
+
+
+def _load_document(
+    name: str, data: Any, node: yaml.Node | None, document: int | None, result: LoadResult
+) -> None:
+    if not isinstance(data, dict):
+        result.errors.append(
+            LoadError(
+                name, "", "expected a mapping with `kind` and `id`", document, _line(node, [])
+            )
+        )
+        return
+    try:
+        definition = _ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        for error in exc.errors():
+            segments = _segments(data, error["loc"])
+            if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+                segments.append("kind" if not segments else "type")
             result.errors.append(
                 LoadError(
-                    name, "", "expected a mapping with `kind` and `id`", document, _line(node, [])
+                    name, _format_path(segments), _message(error), document, _line(node, segments)
                 )
             )
-            continue
-        try:
-            definition = _ADAPTER.validate_python(data)
-        except ValidationError as exc:
-            for error in exc.errors():
-                segments = _segments(data, error["loc"])
-                if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
-                    segments.append("kind" if not segments else "type")
-                result.errors.append(
-                    LoadError(
-                        name,
-                        _format_path(segments),
-                        _message(error),
-                        document,
-                        _line(node, segments),
-                    )
-                )
-            continue
-        result.definitions.append(Loaded(definition, name, document, node))
+        return
+    result.definitions.append(Loaded(definition, name, document, node))
 
 
 def _check_duplicates(result: LoadResult) -> None:

@@ -1,47 +1,64 @@
-"""The HTTP API of SPEC §3 (a first part of it), with FastAPI.
+"""The HTTP API of SPEC §3, with FastAPI.
 
 Every endpoint calls the library functions the CLI calls. Callers authenticate with
 `Authorization: Bearer KEY` (`PARCOURS_API_KEYS`); provider callbacks with the providers'
 signatures instead, and the unsubscribe link with its signed token.
+
+Ingestion pushes back instead of queueing without bound: a request that would take the events
+in flight past `max_inflight` is answered `429`, a store or Temporal that fails or is too slow
+`503`, both with `Retry-After`; an event is stored before it is acknowledged, and a retry of
+the same ids routes whatever was not routed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Body, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import OperationalError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities import ledger
 from activities.callbacks import SignatureError
 from activities.callbacks import sendgrid as sendgrid_callbacks
 from activities.callbacks import twilio as twilio_callbacks
 from activities.db import engine_for
-from activities.profiles import erase_profile, get_profile, set_profile
+from activities.profiles import get_profile, set_profile
 from activities.segments import Membership, profile_segments, segment_members
 from activities.unsubscribe import unsubscribe
-from parcours.errors import InputError
+from parcours.errors import InputError, NotFound
 from parcours.records import Delivery, NewEvent, Profile
 from parcours.settings import Settings
-from starter.routing import send_event
+from starter import api_definitions
+from starter.api_state import AppState, Auth, State
+from starter.erasure import erase
+from starter.ingest import Ingested, RoutingFailed, check_events, ingest
+from starter.routing import follow_profile_change
 
-MAX_BATCH = 1000
+MAX_BATCH = 1000  # events per request
+MAX_BODY = 5 * 1024 * 1024  # bytes per request: 1,000 events of 5 KB
+MAX_INFLIGHT = 20_000  # events being stored or routed at once, over all requests
+INGEST_TIMEOUT = 30.0  # seconds a request may spend storing and routing before a 503
+RETRY_AFTER = {429: "1", 503: "5"}
 
 
 class EventBatch(BaseModel):
-    events: list[NewEvent] = Field(min_length=1, max_length=MAX_BATCH)
-
-
-class Accepted(BaseModel):
-    accepted: int
-    duplicates: int
-    journeys: list[str]
+    # Items are checked one by one (see `starter.ingest.check_events`): a bad event is
+    # rejected on its own, with the path to its field, and the others are taken.
+    events: list[dict[str, Any]] = Field(
+        min_length=1,
+        json_schema_extra={
+            "maxItems": MAX_BATCH,
+            "items": {"$ref": "#/components/schemas/NewEvent"},
+        },
+    )
 
 
 class ProfileIn(BaseModel):
@@ -54,24 +71,106 @@ class ProfileIn(BaseModel):
     device_tokens: list[str] = Field(default_factory=list)
 
 
+class ProfileWritten(Profile):
+    journeys: list[str] = Field(default_factory=list)  # entries its new segments started or ended
+
+
+class Erased(BaseModel):
+    id: str
+    events: int
+    memberships: int
+    deliveries_scrubbed: int
+    journeys_ended: list[str]
+
+
 class MembersOut(BaseModel):
     members: list[str]
     next: str | None
 
 
-def authorized(request: Request) -> None:
-    scheme, _, given = (request.headers.get("Authorization") or "").partition(" ")
-    # Compared in constant time, against every key, so timing tells nothing.
-    matches = [hmac.compare_digest(given.encode(), key.encode()) for key in request.app.state.keys]
-    if scheme.lower() != "bearer" or not any(matches):
-        raise HTTPException(401, "a valid `Authorization: Bearer KEY` header is required")
+class TooBusy(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
 
 
-Auth = Annotated[None, Depends(authorized)]
+class Inflight:
+    """Events accepted for storing and routing and not finished yet, over all requests."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+
+    def take(self, n: int) -> None:
+        if self.count and self.count + n > self.limit:
+            raise TooBusy(429, f"{self.count} events are being taken in already; retry shortly")
+        self.count += n
+
+    def give_back(self, n: int) -> None:
+        self.count -= n
+
+
+class BodyLimit:
+    """Refuse bodies over `limit` bytes with 413, before they are read whole: by their
+    Content-Length when given, else while they stream in."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(send)
+            return
+        received = 0
+        started = False
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise _TooLarge
+            return message
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracked)
+        except _TooLarge:
+            if not started:
+                await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        response = JSONResponse(
+            {"detail": f"the request body is larger than {self.limit} bytes"}, 413
+        )
+        await response({"type": "http"}, _no_receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
 
 
 def create_app(
-    settings: Settings, client: Callable[[], Awaitable[Client]], *, keys: list[str] | None = None
+    settings: Settings,
+    client: Callable[[], Awaitable[Client]],
+    *,
+    keys: list[str] | None = None,
+    max_inflight: int = MAX_INFLIGHT,
+    ingest_timeout: float = INGEST_TIMEOUT,
+    max_body: int = MAX_BODY,
 ) -> FastAPI:
     keys = [k.get_secret_value() for k in settings.api_keys] if keys is None else keys
     if not keys:
@@ -81,8 +180,14 @@ def create_app(
         )
     engine = engine_for(settings.database_url)
     app = FastAPI(title="Parcours", version="1")
+    app.state.parcours = AppState(engine, settings, client, tuple(keys))
+    app.add_middleware(BodyLimit, limit=max_body)
+    app.include_router(api_definitions.router)
+    inflight = Inflight(max_inflight)
 
-    app.state.keys = keys
+    @app.exception_handler(NotFound)
+    async def not_found(_: Request, exc: NotFound) -> JSONResponse:
+        return JSONResponse({"detail": exc.message}, 404)
 
     @app.exception_handler(InputError)
     async def input_error(_: Request, exc: InputError) -> JSONResponse:
@@ -92,68 +197,154 @@ def create_app(
     async def bad_signature(_: Request, exc: SignatureError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, 403)
 
+    @app.exception_handler(TooBusy)
+    async def too_busy(_: Request, exc: TooBusy) -> JSONResponse:
+        return JSONResponse(
+            {"detail": str(exc)}, exc.status, headers={"Retry-After": RETRY_AFTER[exc.status]}
+        )
+
+    @app.exception_handler(OperationalError)
+    async def store_unavailable(_: Request, exc: OperationalError) -> JSONResponse:
+        # The database is down, locked or out of connections: nothing was written.
+        return await too_busy(_, TooBusy(503, f"the profile store is unavailable: {exc.orig}"))
+
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.post("/v1/events", status_code=202, response_model=Accepted)
-    async def post_events(_: Auth, body: NewEvent | EventBatch) -> Accepted:
-        events = body.events if isinstance(body, EventBatch) else [body]
-        temporal = await client()
-        routed = [await send_event(temporal, engine, settings, event) for event in events]
-        return Accepted(
-            accepted=sum(not r.duplicate for r in routed),
-            duplicates=sum(r.duplicate for r in routed),
-            journeys=[j for r in routed for j in r.journeys],
-        )
+    @app.post(
+        "/v1/events",
+        status_code=202,
+        response_model=Ingested,
+        responses={
+            413: {"description": "body or batch too large"},
+            422: {"description": "no event in the request is valid"},
+            429: {"description": "too many events in flight; see Retry-After"},
+            503: {"description": "store or Temporal unavailable; retry the same ids"},
+        },
+    )
+    async def post_events(
+        state: State, _: Auth, body: Annotated[NewEvent | EventBatch, Body()]
+    ) -> Any:
+        """One event, or `{events: [...]}`. Each event is taken or rejected on its own; an
+        event is stored before the answer, so retrying the same ids after a 429 or 503 is
+        safe."""
+        raw: list[Any] = body.events if isinstance(body, EventBatch) else [body]
+        if len(raw) > MAX_BATCH:
+            raise HTTPException(413, f"at most {MAX_BATCH} events per request, got {len(raw)}")
+        good, report = check_events(raw)
+        if not good:
+            errors = [e.model_dump() for r in report.results for e in r.errors]
+            return JSONResponse({"detail": errors, "results": _dump(report)}, 422)
+        inflight.take(len(good))
+        try:
+            outcome, _routed = await asyncio.wait_for(
+                ingest(state.client, state.engine, state.settings, good), ingest_timeout
+            )
+        except TimeoutError:
+            raise TooBusy(503, "storing or routing took too long; retry the same ids") from None
+        except RoutingFailed as exc:
+            raise _temporal_busy(exc.cause) from exc
+        except (RPCError, RuntimeError) as exc:  # Temporal unreachable while connecting
+            raise _temporal_busy(exc) from exc
+        finally:
+            inflight.give_back(len(good))
+        taken = iter(outcome)
+        for result in report.results:
+            if result.status != "rejected":
+                routed = next(taken)
+                result.id = routed.event.id
+                result.status = "duplicate" if routed.duplicate else "accepted"
+        report.duplicates = sum(r.duplicate for r in outcome)
+        report.accepted = len(outcome) - report.duplicates
+        report.journeys = [j for r in outcome for j in r.journeys]
+        return report
 
     @app.get("/v1/profiles/{profile_id}", response_model=Profile)
-    async def read_profile(_: Auth, profile_id: str) -> Profile:
-        found = await asyncio.to_thread(get_profile, engine, profile_id)
+    async def read_profile(state: State, _: Auth, profile_id: str) -> Profile:
+        found = await asyncio.to_thread(get_profile, state.engine, profile_id)
         if found is None:
             raise HTTPException(404, f"no profile {profile_id!r}")
         return found
 
-    @app.put("/v1/profiles/{profile_id}", response_model=Profile)
-    async def put_profile(_: Auth, profile_id: str, body: ProfileIn) -> Profile:
-        return await asyncio.to_thread(
+    async def write_profile(
+        state: State, profile_id: str, body: ProfileIn, replace: bool
+    ) -> ProfileWritten:
+        profile = await asyncio.to_thread(
             set_profile,
-            engine,
+            state.engine,
             profile_id,
             email=body.email,
             phone=body.phone,
             timezone=body.timezone,
             locale=body.locale,
             attributes=body.attributes,
+            replace_attributes=replace,
             consent=body.consent,
             consent_source="api",
             add_device_tokens=body.device_tokens,
         )
+        try:
+            journeys = await follow_profile_change(
+                state.client, state.engine, state.settings, profile_id
+            )
+        except (RPCError, RuntimeError) as exc:
+            # The profile is saved; its segments too. Journeys following them were not told.
+            raise _temporal_busy(exc) from exc
+        return ProfileWritten(**profile.model_dump(), journeys=journeys)
 
-    @app.delete("/v1/profiles/{profile_id}")
-    async def delete_profile(_: Auth, profile_id: str) -> dict[str, Any]:
-        erased = await asyncio.to_thread(erase_profile, engine, profile_id)
-        if not erased.found:
+    @app.put("/v1/profiles/{profile_id}", response_model=ProfileWritten)
+    async def put_profile(
+        state: State, _: Auth, profile_id: str, body: ProfileIn
+    ) -> ProfileWritten:
+        """Create or update the profile; the attributes given become all its attributes."""
+        return await write_profile(state, profile_id, body, replace=True)
+
+    @app.patch("/v1/profiles/{profile_id}", response_model=ProfileWritten)
+    async def patch_profile(
+        state: State, _: Auth, profile_id: str, body: ProfileIn
+    ) -> ProfileWritten:
+        """Update the fields given; attributes are merged key by key into the stored ones."""
+        return await write_profile(state, profile_id, body, replace=False)
+
+    @app.delete("/v1/profiles/{profile_id}", response_model=Erased)
+    async def delete_profile(state: State, _: Auth, profile_id: str) -> Erased:
+        """Erase the profile: its journeys end, its profile, events and memberships are
+        deleted, and its deliveries keep only anonymous counts."""
+        try:
+            erased, ended = await erase(state.client, state.engine, profile_id)
+        except (RPCError, RuntimeError) as exc:
+            raise _temporal_busy(exc) from exc  # nothing erased yet: retry
+        if not erased.found and not ended:
             raise HTTPException(404, f"no profile {profile_id!r}")
-        return {"id": profile_id, "events": erased.events, "memberships": erased.memberships}
+        return Erased(
+            id=profile_id,
+            events=erased.events,
+            memberships=erased.memberships,
+            deliveries_scrubbed=erased.deliveries_scrubbed,
+            journeys_ended=ended,
+        )
 
     @app.get("/v1/profiles/{profile_id}/segments", response_model=list[Membership])
-    async def read_profile_segments(_: Auth, profile_id: str) -> list[Membership]:
-        return await asyncio.to_thread(profile_segments, engine, profile_id)
+    async def read_profile_segments(state: State, _: Auth, profile_id: str) -> list[Membership]:
+        return await asyncio.to_thread(profile_segments, state.engine, profile_id)
 
     @app.get("/v1/segments/{segment_id}/members", response_model=MembersOut)
     async def read_members(
+        state: State,
         _: Auth,
         segment_id: str,
         after: str | None = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
     ) -> MembersOut:
-        page = await asyncio.to_thread(segment_members, engine, segment_id, after, limit)
+        page = await asyncio.to_thread(segment_members, state.engine, segment_id, after, limit)
         return MembersOut(members=page.members, next=page.next_cursor)
 
     @app.get("/v1/deliveries", response_model=list[Delivery])
-    async def read_deliveries(_: Auth, profile_id: str | None = None) -> list[Delivery]:
-        return await asyncio.to_thread(ledger.list_deliveries, engine, profile_id)
+    async def read_deliveries(
+        state: State, _: Auth, profile_id: str | None = None
+    ) -> list[Delivery]:
+        return await asyncio.to_thread(ledger.list_deliveries, state.engine, profile_id)
 
     @app.post("/v1/webhooks/sendgrid")
     async def sendgrid_webhook(request: Request) -> dict[str, int]:
@@ -216,3 +407,13 @@ def lazy_client(settings: Settings) -> Callable[[], Awaitable[Client]]:
             return connected[0]
 
     return client
+
+
+def _temporal_busy(exc: BaseException) -> TooBusy:
+    if isinstance(exc, RPCError) and exc.status == RPCStatusCode.RESOURCE_EXHAUSTED:
+        return TooBusy(429, f"Temporal is rate-limiting: {exc}")
+    return TooBusy(503, f"Temporal is unavailable: {exc}")
+
+
+def _dump(report: Ingested) -> list[dict[str, Any]]:
+    return [r.model_dump() for r in report.results]

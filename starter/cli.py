@@ -283,19 +283,15 @@ def profiles_set(
 def _follow_membership(ctx: typer.Context, profile_id: str) -> None:
     """Keep segments current after a profile change, and start or end the journeys that
     follow them. The change itself is kept even when Temporal cannot be reached."""
-    from activities.segments import refresh_profile
-    from starter.routing import journeys_follow, route_transitions
+    from starter.routing import follow_profile_change
 
-    transitions = refresh_profile(engine(ctx), profile_id, profile_changed=True)
-    if not journeys_follow(engine(ctx), transitions):
-        return
     config = settings(ctx)
 
-    async def route() -> None:
-        await route_transitions(await connect(config), engine(ctx), config, transitions)
+    async def client() -> Any:
+        return await connect(config)
 
     try:
-        asyncio.run(route())
+        asyncio.run(follow_profile_change(client, engine(ctx), config, profile_id))
     except CommandError as exc:
         err.print(f"warning: segments updated, but journeys were not told: {exc}", highlight=False)
 
@@ -335,10 +331,16 @@ def profiles_erase(
     profile_id: Annotated[str, typer.Argument(metavar="ID")],
     as_json: JsonFlag = False,
 ) -> None:
-    """Erase a profile with its events and segment memberships (deliveries are kept)."""
-    from activities.profiles import erase_profile
+    """Erase a profile: its journeys end, and its profile, events and memberships go; its
+    deliveries keep only anonymous counts (no address, content or profile id)."""
+    from starter.erasure import erase
 
-    erased = erase_profile(engine(ctx), profile_id)
+    config = settings(ctx)
+
+    async def client() -> Any:
+        return await connect(config)
+
+    erased, ended = asyncio.run(erase(client, engine(ctx), profile_id))
     if as_json:
         print_json(
             {
@@ -346,12 +348,16 @@ def profiles_erase(
                 "erased": erased.found,
                 "events": erased.events,
                 "memberships": erased.memberships,
+                "deliveries_scrubbed": erased.deliveries_scrubbed,
+                "journeys_ended": ended,
             }
         )
     elif erased.found:
         out.print(
             f"erased profile {profile_id!r}: {_plural(erased.events, 'event')} and "
-            f"{_plural(erased.memberships, 'segment membership')} removed",
+            f"{_plural(erased.memberships, 'segment membership')} removed, "
+            f"{_plural(erased.deliveries_scrubbed, 'delivery', 'deliveries')} anonymised, "
+            f"{_plural(len(ended), 'journey entry', 'journey entries')} ended",
             highlight=False,
             markup=False,
         )
@@ -359,8 +365,8 @@ def profiles_erase(
         out.print(f"no profile {profile_id!r}: nothing to erase", highlight=False, markup=False)
 
 
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
+def _plural(count: int, noun: str, nouns: str | None = None) -> str:
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
 
 
 def show_profile(profile: Any) -> None:

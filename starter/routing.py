@@ -7,7 +7,7 @@ signalled to the one already running, so the same profile never has two live ent
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
@@ -17,15 +17,16 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities import catalog
+from activities.catalog import EventRoutes
 from activities.db import utcnow
 from activities.entries import may_enter, record_entry
-from activities.events import record_event
+from activities.events import mark_routed, record_event, unrouted
 from activities.goals import record_conversions
 from activities.segments import Transition, dependencies, facts, refresh_profile
 from parcours import search_attributes as sa
 from parcours.contracts import EventRef, JourneyInput
 from parcours.definitions import Journey
-from parcours.errors import InputError
+from parcours.errors import InputError, NotFound
 from parcours.evaluate import EventFacts, ProfileFacts, matches
 from parcours.records import Event, NewEvent
 from parcours.settings import Settings
@@ -45,20 +46,64 @@ class Routed:
     conversions: list[str] = field(default_factory=list)  # journeys whose goal it reached
 
 
+@dataclass
+class _Prepared:
+    """What one stored event does, decided from the store; Temporal is told next."""
+
+    routed: Routed
+    entering: list[tuple[Journey, int]] = field(default_factory=list)
+    listening: list[str] = field(default_factory=list)
+    allowed: set[str] = field(default_factory=set)  # entering journeys the profile may enter
+
+
 async def send_event(
     client: Client, engine: Engine, settings: Settings, new: NewEvent, journey_id: str | None = None
 ) -> Routed:
     """Record the event and route it to every live journey it enters, or only to `journey_id`,
-    which must then exist and enter on this event (checked before anything is recorded)."""
+    which must then exist and enter on this event (checked before anything is recorded).
+
+    An event stored earlier whose routing did not complete is routed now, not reported as a
+    duplicate: retrying after a failure is safe (entries ignore an event id seen before)."""
+
+    def record() -> tuple[Routed, EventRoutes]:
+        routes = catalog.routes_for_event(engine, new.type)
+        if journey_id is not None:
+            routes = _only(engine, routes, journey_id, new.type)
+        event, duplicate = record_event(engine, new, to_route=lambda _: True)
+        if duplicate and unrouted(engine, [event.id]):
+            duplicate = False
+        return Routed(event, duplicate), routes
+
     # The store blocks: keep it off the event loop that also serves Temporal calls.
-    routed, entering, listening, allowed = await asyncio.to_thread(_record, engine, new, journey_id)
-    if routed.duplicate:
-        return routed
+    routed, routes = await asyncio.to_thread(record)
+    if not routed.duplicate:
+        await route_event(client, engine, settings, routed, routes)
+        await asyncio.to_thread(mark_routed, engine, [routed.event.id])
+    return routed
+
+
+async def route_event(
+    client: Client,
+    engine: Engine,
+    settings: Settings,
+    routed: Routed,
+    routes: EventRoutes,
+    segments_follow: bool = True,
+) -> None:
+    """Route a stored event: segments first (unless none follows its type), then the journeys
+    it enters, converts, or is awaited by. The caller marks it routed afterwards."""
+    prepared = await asyncio.to_thread(_prepare, engine, routed, routes, segments_follow)
     event = routed.event
     ref = EventRef(id=event.id, type=event.type, timestamp=event.timestamp)
-    for journey, version in entering:
+    for journey, version in prepared.entering:
         workflow_id, started = await _enter_or_feed(
-            client, settings, journey, version, ref, event.profile_id, journey.id in allowed
+            client,
+            settings,
+            journey,
+            version,
+            ref,
+            event.profile_id,
+            journey.id in prepared.allowed,
         )
         if workflow_id:
             routed.journeys.append(workflow_id)
@@ -66,35 +111,33 @@ async def send_event(
             await asyncio.to_thread(record_entry, engine, journey.id, version, event.profile_id)
     routed.journeys += await route_transitions(client, engine, settings, routed.segments)
     # Entries already running that wait for this event, or leave on it.
-    for listener in listening:
+    for listener in prepared.listening:
         workflow_id = journey_workflow_id(listener, event.profile_id)
         if await signal_entry(client, workflow_id, "event", ref):
             routed.journeys.append(workflow_id)
-    return routed
 
 
-def _record(
-    engine: Engine, new: NewEvent, only: str | None
-) -> tuple[Routed, list[tuple[Journey, int]], list[str], set[str]]:
-    # Entry, listening and goals read in one query, on definitions parsed once per process.
-    routes = catalog.routes_for_event(engine, new.type)
-    entering = routes.entering
-    if only is not None:
-        entering = [(j, v) for j, v in entering if j.id == only]
-        if not entering:
-            raise InputError("journey", _not_enterable(engine, only, new.type))
-    event, duplicate = record_event(engine, new)
-    routed = Routed(event, duplicate)
-    if duplicate:
-        return routed, [], [], set()
-    routed.segments = refresh_profile(engine, event.profile_id, event_type=event.type)
+def _only(engine: Engine, routes: EventRoutes, journey_id: str, event_type: str) -> EventRoutes:
+    entering = [(j, v) for j, v in routes.entering if j.id == journey_id]
+    if not entering:
+        raise InputError("journey", _not_enterable(engine, journey_id, event_type))
+    listening = [j for j in routes.listening if j == journey_id]
+    return EventRoutes(entering=entering, listening=listening, converts=routes.converts)
+
+
+def _prepare(
+    engine: Engine, routed: Routed, routes: EventRoutes, segments_follow: bool
+) -> _Prepared:
+    event = routed.event
+    if segments_follow:
+        routed.segments = refresh_profile(engine, event.profile_id, event_type=event.type)
     if routes.converts:  # most events are nobody's goal: no need to read the entries
         routed.conversions = record_conversions(engine, event)
-    entering = _admitted(engine, entering, event)
+    entering = _admitted(engine, routes.entering, event)
     started = {journey.id for journey, _ in entering}
-    listening = [j for j in routes.listening if j not in started and (only is None or j == only)]
+    listening = [j for j in routes.listening if j not in started]
     allowed = may_enter(engine, [journey for journey, _ in entering], event.profile_id)
-    return routed, entering, listening, allowed
+    return _Prepared(routed, entering, listening, allowed)
 
 
 async def enter_journey(
@@ -106,7 +149,7 @@ async def enter_journey(
     def check() -> tuple[Journey, int, bool] | None:
         found = catalog.current_journey(engine, journey_id)
         if found is None:
-            raise InputError("journey", f"no journey {journey_id!r} is published")
+            raise NotFound("journey", f"no journey {journey_id!r} is published")
         journey, version, status = found
         if not journey.entry.api:
             raise InputError(
@@ -159,6 +202,18 @@ async def route_transitions(
             if await signal_entry(client, workflow_id, "segment_exited", transition.segment_id):
                 reached.append(workflow_id)
     return reached
+
+
+async def follow_profile_change(
+    client: Callable[[], Awaitable[Client]], engine: Engine, settings: Settings, profile_id: str
+) -> list[str]:
+    """After a profile changed: bring its segments up to date, and start or end the journeys
+    that follow them (Temporal is reached only when some journey does). Returns the workflow
+    ids reached."""
+    transitions = await asyncio.to_thread(refresh_profile, engine, profile_id, profile_changed=True)
+    if not await asyncio.to_thread(journeys_follow, engine, transitions):
+        return []
+    return await route_transitions(await client(), engine, settings, transitions)
 
 
 def journeys_follow(engine: Engine, transitions: Sequence[Transition]) -> bool:

@@ -98,9 +98,16 @@ async def test_an_event_starts_a_journey_and_a_replay_is_a_duplicate(
     event = {"type": "signed_up", "profile_id": "ada", "id": "evt-1"}
     first = await api.post("/v1/events", json=event)
     assert first.status_code == 202
-    assert first.json() == {"accepted": 1, "duplicates": 0, "journeys": ["journey:welcome:ada"]}
-    again = await api.post("/v1/events", json={"events": [event]})
-    assert again.json() == {"accepted": 0, "duplicates": 1, "journeys": []}
+    assert first.json() == {
+        "accepted": 1,
+        "duplicates": 0,
+        "rejected": 0,
+        "journeys": ["journey:welcome:ada"],
+        "results": [{"index": 0, "id": "evt-1", "status": "accepted", "errors": []}],
+    }
+    again = (await api.post("/v1/events", json={"events": [event]})).json()
+    assert (again["accepted"], again["duplicates"], again["journeys"]) == (0, 1, [])
+    assert again["results"][0]["status"] == "duplicate"
     position = await finish(time_skipping_env, temporal, "journey:welcome:ada")
     assert position.finished
     deliveries = (await api.get("/v1/deliveries", params={"profile_id": "ada"})).json()

@@ -22,9 +22,9 @@ from typer.testing import CliRunner
 
 from activities import ledger
 from activities.db import EventRow, MembershipRow, utcnow
+from activities.erasure import ERASED, erase_profile
 from activities.events import get_event, record_event, record_events
 from activities.profiles import (
-    erase_profile,
     get_profile,
     normalise_email,
     normalise_locale,
@@ -216,7 +216,9 @@ def test_erase_removes_the_profile_its_events_and_memberships(engine: Engine) ->
     assert get_event(engine, "e1") is None and get_event(engine, "e3") is not None
     with Session(engine) as session:
         assert session.scalars(select(MembershipRow.profile_id)).all() == ["bob"]
-    assert [d.profile_id for d in ledger.list_deliveries(engine, "ada")] == ["ada"], "kept"
+    assert ledger.list_deliveries(engine, "ada") == []
+    kept = ledger.list_deliveries(engine, ERASED)
+    assert [(d.channel, d.template) for d in kept] == [("email", "welcome-email")], "counted"
     assert get_profile(engine, "bob") is not None
     assert erase_profile(engine, "ada").found is False
 
@@ -338,12 +340,20 @@ def test_cli_erases_a_profile(cli: Callable[..., Any]) -> None:
     code, out, _ = cli("profiles", "erase", "ada")
     assert (code, out.strip()) == (
         0,
-        "erased profile 'ada': 0 events and 0 segment memberships removed",
+        "erased profile 'ada': 0 events and 0 segment memberships removed, "
+        "0 deliveries anonymised, 0 journey entries ended",
     )
     code, out, _ = cli("profiles", "erase", "ada", "--json")
     assert (code, json.loads(out)) == (
         0,
-        {"id": "ada", "erased": False, "events": 0, "memberships": 0},
+        {
+            "id": "ada",
+            "erased": False,
+            "events": 0,
+            "memberships": 0,
+            "deliveries_scrubbed": 0,
+            "journeys_ended": [],
+        },
     )
     code, out, _ = cli("profiles", "erase", "ada")
     assert out.strip() == "no profile 'ada': nothing to erase"

@@ -1,0 +1,151 @@
+"""Events in bulk: each event checked on its own, the good ones stored in one transaction, then
+routed to segments and journeys with bounded concurrency.
+
+An event is stored before it is acknowledged, and marked routed only once its journeys and
+segments have heard of it. If routing fails part-way (Temporal unreachable, a timeout), the
+caller is told to retry, and the retry routes exactly the events still waiting: journeys ignore
+an event id they have seen, so nothing is entered or sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from sqlalchemy.engine import Engine
+from temporalio.client import Client
+
+from activities import catalog
+from activities.catalog import EventRoutes
+from activities.events import mark_routed, record_events, unrouted
+from activities.segments import followed_event_types
+from parcours.records import NewEvent
+from parcours.settings import Settings
+from starter.routing import Routed, route_event
+
+# Profiles routed at once: each holds a database connection and Temporal calls in flight.
+ROUTING_CONCURRENCY = 16
+
+_EVENT = TypeAdapter(NewEvent)
+
+
+class FieldError(BaseModel):
+    loc: list[str | int]
+    msg: str
+
+
+class EventResult(BaseModel):
+    index: int  # position in the batch
+    id: str | None = None
+    status: Literal["accepted", "duplicate", "rejected"]
+    errors: list[FieldError] = Field(default_factory=list)
+
+
+class Ingested(BaseModel):
+    accepted: int
+    duplicates: int
+    rejected: int = 0
+    journeys: list[str] = Field(default_factory=list)  # workflow ids started or signalled
+    results: list[EventResult] = Field(default_factory=list)
+
+
+class RoutingFailed(Exception):
+    """Events were stored but not all routed; retrying the same ids routes the rest."""
+
+    def __init__(self, stored: int, waiting: int, cause: BaseException) -> None:
+        super().__init__(f"{stored} events stored, {waiting} not yet routed: {cause}")
+        self.cause = cause
+
+
+def check_events(raw: Sequence[Any], loc: str = "events") -> tuple[list[NewEvent], Ingested]:
+    """Validate each event on its own: the good ones, and a result for every event (the good
+    ones provisionally accepted)."""
+    good: list[NewEvent] = []
+    results: list[EventResult] = []
+    for index, item in enumerate(raw):
+        try:
+            event = _EVENT.validate_python(item)
+        except ValidationError as exc:
+            errors = [FieldError(loc=[loc, index, *e["loc"]], msg=e["msg"]) for e in exc.errors()]
+            given = item.get("id") if isinstance(item, dict) else None
+            results.append(
+                EventResult(
+                    index=index,
+                    id=given if isinstance(given, str) else None,
+                    status="rejected",
+                    errors=errors,
+                )
+            )
+            continue
+        good.append(event)
+        results.append(EventResult(index=index, id=event.id, status="accepted"))
+    rejected = len(raw) - len(good)
+    return good, Ingested(accepted=len(good), duplicates=0, rejected=rejected, results=results)
+
+
+async def ingest(
+    client: Callable[[], Awaitable[Client]],
+    engine: Engine,
+    settings: Settings,
+    events: Sequence[NewEvent],
+) -> tuple[list[Routed], int]:
+    """Store the events, then route them. Returns each event's outcome, in order, and how many
+    were routed. Raises RoutingFailed when some stored events could not be routed."""
+
+    def store() -> tuple[list[Routed], dict[str, EventRoutes], frozenset[str], set[str]]:
+        routes = {t: catalog.routes_for_event(engine, t) for t in {e.type for e in events}}
+        followed = followed_event_types(engine)
+
+        def needs_routing(event_type: str) -> bool:
+            found = routes[event_type]
+            return event_type in followed or bool(
+                found.entering or found.listening or found.converts
+            )
+
+        stored = record_events(engine, events, lambda e: needs_routing(e.type))
+        # A duplicate still waiting to be routed is the retry of a batch that failed: route it.
+        waiting = unrouted(engine, [e.id for e, dup in stored if dup and needs_routing(e.type)])
+        outcome: list[Routed] = []
+        seen: set[str] = set()
+        for event, duplicate in stored:
+            # Of an id repeated in one batch, only the first occurrence counts.
+            retried = event.id in waiting and event.id not in seen
+            outcome.append(Routed(event, duplicate and not retried))
+            seen.add(event.id)
+        pending = {r.event.id for r in outcome if not r.duplicate and needs_routing(r.event.type)}
+        return outcome, routes, followed, pending
+
+    outcome, routes, followed, pending_ids = await asyncio.to_thread(store)
+    pending = [r for r in outcome if not r.duplicate and r.event.id in pending_ids]
+    if not pending:
+        return outcome, 0
+
+    by_profile: dict[str, list[Routed]] = defaultdict(list)
+    for routed in pending:
+        by_profile[routed.event.profile_id].append(routed)
+    temporal = await client()
+    gate = asyncio.Semaphore(ROUTING_CONCURRENCY)
+    done: list[str] = []
+
+    async def route_profile(items: list[Routed]) -> None:
+        async with gate:
+            # One profile's events in their order: segments and entries see them as they came.
+            for routed in sorted(items, key=lambda r: r.event.timestamp):
+                event = routed.event
+                segments_follow = event.type in followed
+                await route_event(
+                    temporal, engine, settings, routed, routes[event.type], segments_follow
+                )
+                done.append(event.id)
+
+    results = await asyncio.gather(
+        *(route_profile(items) for items in by_profile.values()), return_exceptions=True
+    )
+    await asyncio.to_thread(mark_routed, engine, done)
+    failure = next((r for r in results if isinstance(r, BaseException)), None)
+    if failure is not None:
+        raise RoutingFailed(len(outcome), len(pending) - len(done), failure)
+    return outcome, len(done)
