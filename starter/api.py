@@ -111,8 +111,9 @@ class Inflight:
 
 
 class BodyLimit:
-    """Refuse bodies over `limit` bytes with 413, before they are read whole: by their
-    Content-Length when given, else while they stream in."""
+    """Refuse bodies over `limit` bytes with 413 before the app sees them: by their
+    Content-Length when given, else by counting while they stream in (the app reads whole
+    bodies anyway, so holding one up to the limit costs nothing more)."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -124,39 +125,30 @@ class BodyLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._refuse(send)
+            await self._refuse(scope, send)
             return
-        received = 0
-        started = False
-
-        async def counted() -> Message:
-            nonlocal received
+        messages: list[Message] = []
+        size = 0
+        while True:
             message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.limit:
-                raise _TooLarge
-            return message
+            messages.append(message)
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                await self._refuse(scope, send)
+                return
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
 
-        async def tracked(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
 
-        try:
-            await self.app(scope, counted, tracked)
-        except _TooLarge:
-            if not started:
-                await self._refuse(send)
+        await self.app(scope, replay, send)
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(self, scope: Scope, send: Send) -> None:
         response = JSONResponse(
             {"detail": f"the request body is larger than {self.limit} bytes"}, 413
         )
-        await response({"type": "http"}, _no_receive, send)
-
-
-class _TooLarge(Exception):
-    pass
+        await response(scope, _no_receive, send)
 
 
 async def _no_receive() -> Message:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
@@ -42,7 +44,13 @@ async def api(settings: Settings, temporal: Client) -> AsyncIterator[httpx.Async
     async def client() -> Client:
         return temporal
 
-    app = create_app(settings, client, keys=[KEY, "second-key"])
+    async with serve(create_app(settings, client, keys=[KEY, "second-key"])) as http:
+        yield http
+
+
+@contextlib.asynccontextmanager
+async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """The app in process, called with the test key."""
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(
         transport=transport, base_url=BASE, headers={"Authorization": f"Bearer {KEY}"}
