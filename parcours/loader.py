@@ -148,7 +148,7 @@ def _cross_check(
             if isinstance(loaded.definition, Segment)
             else []
         ):
-            line = _line(loaded.node, _parse_path(problem.path))
+            line = _line(loaded.node, parse_path(problem.path))
             result.errors.append(
                 LoadError(loaded.file, problem.path, problem.message, loaded.document, line)
             )
@@ -161,7 +161,7 @@ def _cross_check(
         )
         if problems:
             for problem in problems:
-                line = _line(loaded.node, _parse_path(problem.path))
+                line = _line(loaded.node, parse_path(problem.path))
                 result.errors.append(
                     LoadError(loaded.file, problem.path, problem.message, loaded.document, line)
                 )
@@ -285,7 +285,7 @@ def _format_path(segments: Sequence[int | str]) -> str:
     return text
 
 
-def _parse_path(path: str) -> list[int | str]:
+def parse_path(path: str) -> list[int | str]:
     return [
         int(index) if index else name for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", path)
     ]

@@ -34,6 +34,7 @@ from activities.profiles import get_profile, set_profile
 from activities.segments import Membership, profile_segments, segment_members
 from activities.unsubscribe import unsubscribe
 from parcours.errors import InputError, NotFound
+from parcours.loader import LoadFailed, parse_path
 from parcours.records import Delivery, NewEvent, Profile
 from parcours.settings import Settings
 from starter import api_definitions
@@ -184,6 +185,11 @@ def create_app(
     @app.exception_handler(InputError)
     async def input_error(_: Request, exc: InputError) -> JSONResponse:
         return JSONResponse({"detail": [{"loc": exc.field.split("."), "msg": exc.message}]}, 422)
+
+    @app.exception_handler(LoadFailed)
+    async def bad_definition(_: Request, exc: LoadFailed) -> JSONResponse:
+        detail = [{"loc": ["body", *parse_path(e.path)], "msg": e.message} for e in exc.errors]
+        return JSONResponse({"detail": detail}, 422)
 
     @app.exception_handler(SignatureError)
     async def bad_signature(_: Request, exc: SignatureError) -> JSONResponse:

@@ -28,6 +28,9 @@ from tests.stack import NO_QUIET_HOURS
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
+# The HTTP API's fixtures (`api`, `temporal`), for every test module that calls the API.
+pytest_plugins = ["tests.api"]
+
 
 @pytest.fixture(autouse=True)
 def _no_ambient_settings(monkeypatch: pytest.MonkeyPatch) -> None:

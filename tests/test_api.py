@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
-
 import httpx
 import pytest
-from fastapi import FastAPI
-from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
@@ -19,43 +14,10 @@ from activities.unsubscribe import make_token
 from parcours.loader import load_paths
 from parcours.settings import Settings
 from starter.api import create_app
+from tests.api import BASE
 from tests.conftest import EXAMPLES
-from tests.delivery import twilio_signature, with_providers
-from tests.journeys import finish, run_worker
-
-KEY = "test-key-1"
-BASE = "https://parcours.example.com"
-
-
-@pytest.fixture
-async def temporal(
-    time_skipping_env: WorkflowEnvironment, settings: Settings
-) -> AsyncIterator[Client]:
-    async for client in run_worker(time_skipping_env, settings):
-        yield client
-
-
-@pytest.fixture
-async def api(settings: Settings, temporal: Client) -> AsyncIterator[httpx.AsyncClient]:
-    settings = with_providers(settings).model_copy(
-        update={"twilio_auth_token": SecretStr("twilio-token"), "api_url": BASE}
-    )
-
-    async def client() -> Client:
-        return temporal
-
-    async with serve(create_app(settings, client, keys=[KEY, "second-key"])) as http:
-        yield http
-
-
-@contextlib.asynccontextmanager
-async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """The app in process, called with the test key."""
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(
-        transport=transport, base_url=BASE, headers={"Authorization": f"Bearer {KEY}"}
-    ) as http:
-        yield http
+from tests.delivery import twilio_signature
+from tests.journeys import finish
 
 
 def test_the_api_refuses_to_start_without_keys(settings: Settings) -> None:

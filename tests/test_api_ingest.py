@@ -22,8 +22,8 @@ from activities.profiles import set_profile
 from parcours.loader import load_paths
 from parcours.settings import Settings
 from starter.api import MAX_BATCH, create_app, lazy_client
+from tests.api import KEY, serve
 from tests.conftest import EXAMPLES
-from tests.test_api import KEY, api, serve, temporal  # noqa: F401 (fixtures)
 
 
 def _event(n: int, **extra: object) -> dict[str, object]:
