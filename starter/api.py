@@ -18,7 +18,7 @@ from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 from fastapi import Body, FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import OperationalError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -48,6 +48,24 @@ MAX_BODY = 5 * 1024 * 1024  # bytes per request: 1,000 events of 5 KB
 MAX_INFLIGHT = 20_000  # events being stored or routed at once, over all requests
 INGEST_TIMEOUT = 30.0  # seconds a request may spend storing and routing before a 503
 RETRY_AFTER = {429: "1", 503: "5"}
+
+
+class Problem(BaseModel):
+    detail: str | list[dict[str, Any]]
+
+
+# What any endpoint may answer besides its success, so clients (and schema checks) expect it.
+COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "no valid key"},
+    404: {"model": Problem, "description": "no such profile, segment, journey or campaign"},
+    413: {"model": Problem, "description": "body or batch too large"},
+    422: {"model": Problem, "description": "invalid input; `detail` names each field"},
+    429: {"model": Problem, "description": "too busy; retry after `Retry-After` seconds"},
+    503: {"model": Problem, "description": "store or Temporal unavailable; retry"},
+}
+SIGNED: dict[int | str, dict[str, Any]] = {
+    403: {"model": Problem, "description": "the provider's signature is missing or wrong"}
+}
 
 
 class EventBatch(BaseModel):
@@ -172,7 +190,7 @@ def create_app(
             "`parcours dev` makes one for you"
         )
     engine = engine_for(settings.database_url)
-    app = FastAPI(title="Parcours", version="1")
+    app = FastAPI(title="Parcours", version="1", responses=COMMON_RESPONSES)
     app.state.parcours = AppState(engine, settings, client, tuple(keys))
     app.add_middleware(BodyLimit, limit=max_body)
     app.include_router(api_definitions.router)
@@ -214,12 +232,6 @@ def create_app(
         "/v1/events",
         status_code=202,
         response_model=Ingested,
-        responses={
-            413: {"description": "body or batch too large"},
-            422: {"description": "no event in the request is valid"},
-            429: {"description": "too many events in flight; see Retry-After"},
-            503: {"description": "store or Temporal unavailable; retry the same ids"},
-        },
     )
     async def post_events(
         state: State, _: Auth, body: Annotated[NewEvent | EventBatch, Body()]
@@ -344,7 +356,7 @@ def create_app(
     ) -> list[Delivery]:
         return await asyncio.to_thread(ledger.list_deliveries, state.engine, profile_id)
 
-    @app.post("/v1/webhooks/sendgrid")
+    @app.post("/v1/webhooks/sendgrid", responses=SIGNED)
     async def sendgrid_webhook(request: Request) -> dict[str, int]:
         body = await request.body()
         outcome = await asyncio.to_thread(
@@ -367,7 +379,7 @@ def create_app(
         url = base + request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return url, form, request.headers.get("X-Twilio-Signature"), token
 
-    @app.post("/v1/webhooks/twilio/status")
+    @app.post("/v1/webhooks/twilio/status", responses=SIGNED)
     async def twilio_status(request: Request, delivery: str) -> dict[str, int]:
         url, form, signature, token = await twilio_form(request)
         outcome = await asyncio.to_thread(
@@ -375,17 +387,29 @@ def create_app(
         )
         return {"applied": outcome.applied, "duplicates": outcome.duplicates}
 
-    @app.post("/v1/webhooks/twilio/inbound", response_class=PlainTextResponse)
-    async def twilio_inbound(request: Request) -> str:
+    @app.post(
+        "/v1/webhooks/twilio/inbound",
+        response_class=Response,
+        responses={**SIGNED, 200: _text("text/xml", "TwiML: no reply of our own")},
+    )
+    async def twilio_inbound(request: Request) -> Response:
         url, form, signature, token = await twilio_form(request)
         await asyncio.to_thread(twilio_callbacks.apply_inbound, engine, token, url, form, signature)
-        return "<Response/>"  # TwiML: no reply of our own (Twilio answers STOP itself)
+        # No reply of our own: Twilio answers STOP itself.
+        return Response("<Response/>", media_type="text/xml")
 
-    @app.api_route("/v1/unsubscribe", methods=["GET", "POST"], response_class=PlainTextResponse)
-    async def unsubscribe_link(token: str) -> str:
-        # POST is RFC 8058's one-click unsubscribe; GET is the link a person clicks.
+    unsubscribed = {200: _text("text/plain", "what the person will no longer receive")}
+
+    @app.get("/v1/unsubscribe", response_class=Response, responses=unsubscribed)
+    async def unsubscribe_link(token: str) -> Response:
+        """The link a person clicks, authenticated by its signed token."""
         _, channel = await asyncio.to_thread(unsubscribe, engine, settings, token)
-        return f"You will not receive {channel} messages from us any more."
+        return PlainTextResponse(f"You will not receive {channel} messages from us any more.")
+
+    @app.post("/v1/unsubscribe", response_class=Response, responses=unsubscribed)
+    async def one_click_unsubscribe(token: str) -> Response:
+        """RFC 8058's one-click unsubscribe (the mail client posts to the same link)."""
+        return await unsubscribe_link(token)
 
     return app
 
@@ -415,3 +439,7 @@ def _temporal_busy(exc: BaseException) -> TooBusy:
 
 def _dump(report: Ingested) -> list[dict[str, Any]]:
     return [r.model_dump() for r in report.results]
+
+
+def _text(media_type: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {media_type: {"schema": {"type": "string"}}}}

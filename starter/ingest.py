@@ -96,11 +96,14 @@ async def ingest(
     were routed. Raises RoutingFailed when some stored events could not be routed."""
 
     def store() -> tuple[list[Routed], dict[str, EventRoutes], frozenset[str], set[str]]:
-        routes = {t: catalog.routes_for_event(engine, t) for t in {e.type for e in events}}
+        routes: dict[str, EventRoutes] = {}
         followed = followed_event_types(engine)
 
         def needs_routing(event_type: str) -> bool:
-            found = routes[event_type]
+            # A retried id is routed as it was stored, whatever type the retry carries.
+            found = routes.get(event_type)
+            if found is None:
+                found = routes[event_type] = catalog.routes_for_event(engine, event_type)
             return event_type in followed or bool(
                 found.entering or found.listening or found.converts
             )
