@@ -29,6 +29,7 @@ from activities.unsubscribe import unsubscribe
 from parcours.errors import InputError
 from parcours.records import Delivery, NewEvent, Profile
 from parcours.settings import Settings
+from starter.journey_page import journey_routes
 from starter.routing import send_event
 
 MAX_BATCH = 1000
@@ -198,6 +199,7 @@ def create_app(
         _, channel = await asyncio.to_thread(unsubscribe, engine, settings, token)
         return f"You will not receive {channel} messages from us any more."
 
+    app.include_router(journey_routes(settings, engine, client, authorized))
     return app
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
@@ -88,12 +88,16 @@ def node_reports(
 
 
 async def journey_report(
-    engine: Engine, client: Client, journey_id: str, version: int | None = None
+    engine: Engine,
+    client: Callable[[], Awaitable[Client]],
+    journey_id: str,
+    version: int | None = None,
 ) -> JourneyReport:
     """The report on `version` (default: the current one); `UnknownJourney` when there is
-    none. Entries there now come from Temporal's visibility store, the rest from ours."""
+    none. Entries there now come from Temporal's visibility store, the rest from ours;
+    `client` is called only for a journey that exists, so an unknown one needs no Temporal."""
     stored = await asyncio.to_thread(_stored, engine, journey_id, version)
-    everywhere = await entries_now(client, journey_id)
+    everywhere = await entries_now(await client(), journey_id)
     here = {node: count for (v, node), count in everywhere.items() if v == stored.version}
     finished = stored.finished
     versions = sorted({v for v, _ in everywhere} | set(finished) | {stored.version})

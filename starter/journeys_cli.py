@@ -22,7 +22,7 @@ from starter.cli import (
 )
 
 if TYPE_CHECKING:
-    from starter.journey_report import JourneyReport
+    from temporalio.client import Client
 
 JourneyId = Annotated[str, typer.Argument(metavar="ID")]
 
@@ -131,10 +131,10 @@ def journeys_show(
         raise CommandError(f"--format: expected table or mermaid, got {output!r}")
     config = settings(ctx)
 
-    async def run() -> JourneyReport:
-        return await journey_report(engine(ctx), await connect(config), journey_id, version)
+    async def client() -> Client:
+        return await connect(config)
 
-    report = asyncio.run(run())
+    report = asyncio.run(journey_report(engine(ctx), client, journey_id, version))
     journey, shown, current, status = (
         report.definition,
         report.version,
