@@ -59,9 +59,17 @@ def journey_routes(
     """The routes; `bearer` is the API's own `Authorization: Bearer` check."""
     router = APIRouter()
 
+    async def temporal() -> Client:
+        try:
+            return await client()
+        except RuntimeError as exc:  # what Client.connect raises when it cannot connect
+            raise HTTPException(
+                503, f"cannot reach Temporal: {exc}", {"Retry-After": "5"}
+            ) from None
+
     async def report(journey_id: str, version: int | None) -> JourneyReport:
         try:
-            return await journey_report(engine, client, journey_id, version)
+            return await journey_report(engine, temporal, journey_id, version)
         except UnknownJourney as exc:
             raise HTTPException(404, str(exc)) from None
         except RPCError as exc:

@@ -36,6 +36,7 @@ from parcours.settings import Settings
 from starter.api import create_app
 from starter.lifecycle import where_profiles_are
 from starter.routing import send_event
+from tests.conftest import EXAMPLES
 from tests.test_lifecycle import eventually
 
 KEY = "page-key"
@@ -202,6 +203,29 @@ async def test_pages_need_a_key_given_once_and_the_cookie_opens_no_api(
         http.cookies.clear()
         bearer = await http.get("/journeys", headers={"Authorization": "Bearer other"})
         assert bearer.status_code == 200
+
+
+async def test_a_journey_asked_for_while_temporal_is_down_answers_503(
+    settings: Settings, engine: Engine
+) -> None:
+    apply_paths(engine, [EXAMPLES / "welcome"])
+
+    async def client() -> Client:
+        return await Client.connect("127.0.0.1:1")  # nothing listens there
+
+    app = create_app(settings, client, keys=[KEY])
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://parcours.test",
+        headers={"Authorization": f"Bearer {KEY}"},
+    ) as http:
+        down = await http.get("/v1/journeys/welcome")
+        assert down.status_code == 503 and down.headers["retry-after"] == "5"
+        assert down.json()["detail"].startswith("cannot reach Temporal")
+        page = await http.get("/journeys/welcome")
+        assert page.status_code == 503 and "cannot reach Temporal" in page.text
+        # An unknown journey is told without asking Temporal.
+        assert (await http.get("/v1/journeys/nope")).status_code == 404
 
 
 # --- In a real browser -----------------------------------------------------------------
@@ -409,3 +433,12 @@ def test_an_edge_that_skips_layers_goes_around_the_boxes_between() -> None:
     plan = layout(journey)
     assert plan.rows == [["a"], ["b", "~a~1~1"], ["c"]]
     assert plan.routes[("a", 1)] == ["~a~1~1"] and plan.loops == set()
+
+
+def test_the_temporal_ui_address_comes_from_parcours_toml_or_the_environment(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "parcours.toml").write_text('[temporal]\nui_url = "http://127.0.0.1:8233"\n')
+    assert Settings.load(tmp_path, env={}).temporal_ui_url == "http://127.0.0.1:8233"
+    env = {"PARCOURS_TEMPORAL_UI_URL": "https://temporal.example.com"}
+    assert Settings.load(tmp_path, env=env).temporal_ui_url == "https://temporal.example.com"
