@@ -77,7 +77,15 @@ def journey_routes(
                 503, f"Temporal did not answer: {exc.message}", {"Retry-After": "5"}
             ) from None
 
-    @router.get("/v1/journeys/{journey_id}", dependencies=[Depends(bearer)])
+    @router.get(
+        "/v1/journeys/{journey_id}",
+        dependencies=[Depends(bearer)],
+        responses={
+            401: {"description": "no valid `Authorization: Bearer` key"},
+            404: {"description": "no such journey, or no such version of it"},
+            503: {"description": "Temporal did not answer; retry after `Retry-After`"},
+        },
+    )
     async def read_journey(journey_id: str, version: Version = None) -> JourneyReport:
         """Definition, status, counts per node and conversions of one journey version."""
         return await report(journey_id, version)

@@ -10,12 +10,12 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
 from activities.finishes import NodeCounts
-from parcours.definitions import Journey
+from parcours.definitions import Identifier, Journey
 from starter.lifecycle import entries_now
 
 
@@ -134,7 +134,9 @@ def _stored(engine: Engine, journey_id: str, version: int | None) -> _Stored:
     from activities.finishes import node_counts
     from activities.goals import conversion_counts
 
-    found = current_journey(engine, journey_id)
+    # An id that is no identifier was never published (and may hold what a database
+    # refuses, like NUL).
+    found = current_journey(engine, journey_id) if _is_identifier(journey_id) else None
     if found is None:
         raise UnknownJourney(f"no journey {journey_id!r} is published")
     journey, current, status = found
@@ -152,3 +154,14 @@ def _stored(engine: Engine, journey_id: str, version: int | None) -> _Stored:
         finished=node_counts(engine, journey_id),
         conversions=conversion_counts(engine, journey_id),
     )
+
+
+_IDENTIFIER: TypeAdapter[str] = TypeAdapter(Identifier)
+
+
+def _is_identifier(text: str) -> bool:
+    try:
+        _IDENTIFIER.validate_python(text)
+    except ValidationError:
+        return False
+    return True

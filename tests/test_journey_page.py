@@ -226,6 +226,10 @@ async def test_a_journey_asked_for_while_temporal_is_down_answers_503(
         assert page.status_code == 503 and "cannot reach Temporal" in page.text
         # An unknown journey is told without asking Temporal.
         assert (await http.get("/v1/journeys/nope")).status_code == 404
+        odd = await http.get("/v1/journeys/a%00b")  # PostgreSQL refuses NUL in text
+        assert (
+            odd.status_code == 404 and odd.json()["detail"] == "no journey 'a\\x00b' is published"
+        )
 
 
 # --- In a real browser -----------------------------------------------------------------
