@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run demo test lint postgres bench histories clean
+.PHONY: install run demo test lint postgres chromium bench histories clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is needed"; exit 1; }
@@ -27,7 +27,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: $(STAMP) lint postgres
+test: $(STAMP) lint postgres chromium
 	$(BIN)/pytest
 
 # The store tests also run on a real PostgreSQL server, started by the tests themselves from
@@ -36,6 +36,13 @@ postgres:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { \
 		echo "installing Debian's postgresql package for the tests"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql >/dev/null; }
+
+# The journey page test loads the page in Debian's headless Chromium (its own browser download
+# never works here); install it when it is missing.
+chromium:
+	@command -v chromium >/dev/null || { \
+		echo "installing Debian's chromium package for the journey page test"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
 # Every benchmark script rewrites its own section of docs/benchmarks.md.
 BENCHMARKS := $(filter-out bench/__init__.py bench/report.py,$(wildcard bench/*.py))

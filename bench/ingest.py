@@ -175,7 +175,9 @@ def main() -> None:
             wait_until_up(url, api)
             raw_rates, api_rates, ratios, p99s = [], [], [], []
             for round_ in range(args.rounds):
-                raw = raw_insert(engine, events(args.events, args.profiles, f"raw{round_}"), args.batch)
+                raw = raw_insert(
+                    engine, events(args.events, args.profiles, f"raw{round_}"), args.batch
+                )
                 batch = events(args.events, args.profiles, f"api{round_}-{uuid.uuid4().hex[:6]}")
                 rate, latencies = asyncio.run(
                     over_http(url, batch, args.batch, args.concurrency, args.profiles)

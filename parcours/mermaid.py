@@ -1,4 +1,4 @@
-"""A journey as a Mermaid flowchart, for docs, pull requests and the journey page."""
+"""A journey as a Mermaid flowchart, for docs and pull requests."""
 
 from __future__ import annotations
 
@@ -26,13 +26,14 @@ def to_mermaid(journey: Journey, here: Mapping[str, int] | None = None) -> str:
         )
         lines.append(f'    {_name(node.id)}{shape[0]}"{label}"{shape[1]}')
         for field, target in node.edges():
-            label = _edge_label(node, field)
+            label = edge_label(node, field)
             arrow = f"-->|{label}|" if label else "-->"
             lines.append(f"    {_name(node.id)} {arrow} {_name(target)}")
     return "\n".join(lines)
 
 
-def _edge_label(node: AnyNode, field: str) -> str:
+def edge_label(node: AnyNode, field: str) -> str:
+    """What an edge is called on a drawing: a split's variant, a branch, or the field name."""
     if field == "next":
         return ""
     if isinstance(node, SplitNode) and field.startswith("variants["):

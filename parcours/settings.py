@@ -24,6 +24,7 @@ class Settings(BaseModel):
     database_url: str
     temporal_address: str = "127.0.0.1:7233"
     temporal_namespace: str = "default"
+    # The Temporal Web UI, which the journey page links to (`parcours dev` records its own).
     temporal_ui_url: str | None = None
     api_url: str | None = None
     task_queue: str = "parcours"
@@ -74,6 +75,7 @@ class Settings(BaseModel):
             "database_url": "PARCOURS_DATABASE_URL",
             "temporal_address": "TEMPORAL_ADDRESS",
             "temporal_namespace": "TEMPORAL_NAMESPACE",
+            "temporal_ui_url": "PARCOURS_TEMPORAL_UI_URL",
             "task_queue": "PARCOURS_TASK_QUEUE",
             "sendgrid_api_key": "SENDGRID_API_KEY",
             "sendgrid_url": "PARCOURS_SENDGRID_URL",

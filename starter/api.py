@@ -41,6 +41,7 @@ from starter import api_definitions
 from starter.api_state import AppState, Auth, State
 from starter.erasure import erase
 from starter.ingest import Ingested, RoutingFailed, check_events, ingest
+from starter.journey_page import journey_routes
 from starter.routing import follow_profile_change
 
 MAX_BATCH = 1000  # events per request
@@ -411,6 +412,7 @@ def create_app(
         """RFC 8058's one-click unsubscribe (the mail client posts to the same link)."""
         return await unsubscribe_link(token)
 
+    app.include_router(journey_routes(settings, engine, client))
     return app
 
 

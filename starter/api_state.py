@@ -33,14 +33,21 @@ def app_state(request: Request) -> AppState:
 _bearer = HTTPBearer(auto_error=False, description="A key from PARCOURS_API_KEYS")
 
 
+def known_key(request: Request, given: str) -> bool:
+    # Compared in constant time, against every key, so timing tells nothing.
+    matches = [hmac.compare_digest(given.encode(), key.encode()) for key in app_state(request).keys]
+    return any(matches)
+
+
+def bearer_key(request: Request) -> str:
+    scheme, _, given = (request.headers.get("Authorization") or "").partition(" ")
+    return given if scheme.lower() == "bearer" else ""
+
+
 def authorized(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
-    given = credentials.credentials if credentials else ""
-    # Compared in constant time, against every key, so timing tells nothing.
-    keys = app_state(request).keys
-    matches = [hmac.compare_digest(given.encode(), key.encode()) for key in keys]
-    if not any(matches):
+    if not known_key(request, credentials.credentials if credentials else ""):
         raise HTTPException(
             401,
             "a valid `Authorization: Bearer KEY` header is required",

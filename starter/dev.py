@@ -151,6 +151,7 @@ class DevStack:
             f"  Temporal         {address}\n"
             f"  HTTP API         http://127.0.0.1:{self.api_port} "
             f"(Authorization: Bearer {self._api_key()})\n"
+            f"  Journey pages    http://127.0.0.1:{self.api_port}/login?key={self._api_key()}\n"
             f"  data             {self.data_dir} (logs in {self.logs})\n\n"
             f"  try: parcours profiles set ada --email ada@example.com\n"
             f"       parcours events send signed_up --profile ada\n"

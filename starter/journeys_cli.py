@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.table import Table
@@ -20,6 +20,9 @@ from starter.cli import (
     print_json,
     settings,
 )
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
 
 JourneyId = Annotated[str, typer.Argument(metavar="ID")]
 
@@ -121,72 +124,31 @@ def journeys_show(
 ) -> None:
     """The journey's nodes and status; per node, the entries there now, those that passed
     through it and those that finished there (ended, or left early and why)."""
-    from activities.catalog import current_journey, journey_version
-    from activities.finishes import node_counts
-    from activities.goals import conversion_counts
     from parcours.durations import format_duration
-    from starter.journey_report import node_reports
-    from starter.lifecycle import entries_now
+    from starter.journey_report import journey_report
 
-    db = engine(ctx)
-    found = current_journey(db, journey_id)
-    if found is None:
-        raise CommandError(f"no journey {journey_id!r} is published")
-    journey, current, status = found
-    shown = current if version is None else version
-    if shown != current:
-        older = journey_version(db, journey_id, shown)
-        if older is None:
-            raise CommandError(f"journey {journey_id!r} has no version {shown}")
-        journey = older
+    if output not in ("table", "mermaid"):
+        raise CommandError(f"--format: expected table or mermaid, got {output!r}")
     config = settings(ctx)
 
-    async def running() -> dict[tuple[int, str], int]:
-        return dict(await entries_now(await connect(config), journey_id))
+    async def client() -> Client:
+        return await connect(config)
 
-    everywhere = asyncio.run(running())
-    here = {node: count for (v, node), count in everywhere.items() if v == shown}
+    report = asyncio.run(journey_report(engine(ctx), client, journey_id, version))
+    journey, shown, current, status = (
+        report.definition,
+        report.version,
+        report.current_version,
+        report.status,
+    )
     if output == "mermaid":
         from parcours.mermaid import to_mermaid
 
+        here = {row.id: row.now for row in report.nodes}
         out.print(to_mermaid(journey, here), highlight=False, markup=False, soft_wrap=True)
         return
-    if output != "table":
-        raise CommandError(f"--format: expected table or mermaid, got {output!r}")
-    finished = node_counts(db, journey_id)
-    rows = node_reports(journey, here, finished.get(shown))
-    conversions = conversion_counts(db, journey_id)
-    versions = sorted({v for v, _ in everywhere} | set(finished) | {shown})
-    per_version = {
-        v: {
-            "now": sum(c for (w, _), c in everywhere.items() if w == v),
-            "finished": finished[v].finished if v in finished else 0,
-        }
-        for v in versions
-    }
     if as_json:
-        print_json(
-            {
-                "id": journey_id,
-                "version": shown,
-                "current_version": current,
-                "status": status,
-                "conversions": {str(v): c for v, c in conversions.items()},
-                "versions": {str(v): counts for v, counts in per_version.items()},
-                "nodes": [
-                    {
-                        "id": row.id,
-                        "type": row.type,
-                        "next": row.next,
-                        "now": row.now,
-                        "passed": row.passed,
-                        "ended": row.ended,
-                        "exits": row.exits,
-                    }
-                    for row in rows
-                ],
-            }
-        )
+        print_json(report)
         return
     label = "" if shown == current else f" (showing v{shown})"
     out.print(
@@ -194,7 +156,7 @@ def journeys_show(
         highlight=False,
     )
     table = Table("node", "type", "does", "next", "passed", "here now", "finished here")
-    for row in rows:
+    for row in report.nodes:
         table.add_row(
             row.id,
             row.type,
@@ -210,11 +172,11 @@ def journeys_show(
         "entries still inside count under here now",
         highlight=False,
     )
-    if len(versions) > 1:
+    if len(report.versions) > 1:
         out.print(
             "versions: "
             + "; ".join(
-                f"v{v}: {c['now']} inside, {c['finished']} finished" for v, c in per_version.items()
+                f"v{v}: {c.now} inside, {c.finished} finished" for v, c in report.versions.items()
             )
             + " (--version N shows one)",
             highlight=False,
@@ -224,13 +186,13 @@ def journeys_show(
             f"goal: {journey.goal.event} within {format_duration(journey.goal.within)}",
             highlight=False,
         )
-        for number, report in conversions.items():
+        for number, converted in report.conversions.items():
             splits = "; ".join(
                 f"{node}: " + ", ".join(f"{name} {count}" for name, count in sorted(counts.items()))
-                for node, counts in report["variants"].items()
+                for node, counts in converted.variants.items()
             )
             out.print(
-                f"  v{number}: {report['conversions']} conversions"
+                f"  v{number}: {converted.conversions} conversions"
                 + (f" ({splits})" if splits else ""),
                 highlight=False,
             )

@@ -23,6 +23,15 @@ def running_query(journey_id: str) -> str:
     return f'ParcoursJourney = "{journey_id}" AND ExecutionStatus = "Running"'
 
 
+def node_query(journey_id: str, version: int, node_id: str) -> str:
+    """Every entry of this version whose current (or, once finished, last) node is this one."""
+    # Node ids are validated identifiers too.
+    return (
+        f'{sa.JOURNEY.name} = "{journey_id}" AND {sa.JOURNEY_VERSION.name} = {version} '
+        f'AND {sa.NODE.name} = "{node_id}"'
+    )
+
+
 async def set_status(
     client: Client, engine: Engine, journey_id: str, status: Literal["live", "paused", "stopped"]
 ) -> int:

@@ -149,6 +149,7 @@ async def test_journeys_show_prints_passed_now_and_finished_per_node(
         assert nodes["nap"] == {
             "id": "nap",
             "type": "wait",
+            "summary": "wait 1h",
             "next": ["done"],
             "now": 1,
             "passed": 1,
@@ -156,6 +157,7 @@ async def test_journeys_show_prints_passed_now_and_finished_per_node(
             "exits": {"journey stopped": 1},
         }
         assert report["versions"] == {"1": {"now": 1, "finished": 1}}
+        assert report["definition"]["nodes"][0]["duration"] == "1h"
         table = await asyncio.to_thread(runner.invoke, app, ["journeys", "show", name])
         assert "1 left (journey stopped 1)" in table.stdout
         await client.get_workflow_handle(f"journey:{name}:a").terminate("test finished")
