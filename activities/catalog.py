@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 from uuid import uuid4
@@ -265,7 +266,16 @@ class EventRoutes:
 
 
 def routes_for_event(engine: Engine, event_type: str) -> EventRoutes:
+    return _routes(_versions_of(engine), event_type)
+
+
+def routes_for_events(engine: Engine, event_types: Iterable[str]) -> dict[str, EventRoutes]:
+    """`routes_for_event` for several types, on one reading of the journeys."""
     versions = _versions_of(engine)
+    return {t: _routes(versions, t) for t in event_types}
+
+
+def _routes(versions: list[_Version], event_type: str) -> EventRoutes:
     return EventRoutes(
         entering=[
             (v.journey, v.version)

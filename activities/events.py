@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC
 from typing import Any
 
@@ -29,28 +29,27 @@ from activities.profiles import (
 from parcours.records import Event, NewEvent
 
 
-def record_event(
-    engine: Engine, new: NewEvent, to_route: Callable[[NewEvent], bool] = lambda _: False
-) -> tuple[Event, bool]:
+def record_event(engine: Engine, new: NewEvent, to_route: bool = False) -> tuple[Event, bool]:
     """Store the event; returns it and whether it was a duplicate of one already stored."""
-    return record_events(engine, [new], to_route)[0]
+    return record_events(engine, [new], [to_route])[0]
 
 
 def record_events(
     engine: Engine,
     events: Sequence[NewEvent],
-    to_route: Callable[[NewEvent], bool] = lambda _: False,
+    to_route: Sequence[bool] | None = None,
 ) -> list[tuple[Event, bool]]:
     """Store the events in one transaction; for each, in order, the stored event and whether it
     was a duplicate (its id already stored, or earlier in the same batch). Events without an id
     get a random one; profiles that do not exist yet are created.
 
-    Events for which `to_route` is true are stored as waiting to be routed, until
-    `mark_routed`; the others (imports, events no journey or segment follows) as routed."""
+    Events whose `to_route` flag (one per event) is true are stored as waiting to be routed,
+    until `mark_routed`; the others (imports, events no journey or segment follows) as
+    routed."""
     now = utcnow()
     values: list[dict[str, Any]] = []
     first: dict[str, dict[str, Any]] = {}  # the first occurrence of each id is the one stored
-    for new in events:
+    for new, routing in zip(events, to_route or [False] * len(events), strict=True):
         row: dict[str, Any] = {
             "id": new.id or str(uuid.uuid4()),
             "profile_id": new.profile_id,
@@ -58,7 +57,7 @@ def record_events(
             "timestamp": new.timestamp or now,
             "properties": new.properties,
             "received_at": now,
-            "routed_at": None if to_route(new) else now,
+            "routed_at": None if routing else now,
         }
         values.append(row)
         first.setdefault(row["id"], row)

@@ -40,7 +40,7 @@ from parcours.settings import Settings
 from starter import api_definitions
 from starter.api_state import AppState, Auth, State
 from starter.erasure import erase
-from starter.ingest import Ingested, RoutingFailed, check_events, ingest
+from starter.ingest import EventWriter, Ingested, RoutingFailed, check_events, ingest
 from starter.journey_page import journey_routes
 from starter.routing import follow_profile_change
 
@@ -196,6 +196,7 @@ def create_app(
     app.add_middleware(BodyLimit, limit=max_body)
     app.include_router(api_definitions.router)
     inflight = Inflight(max_inflight)
+    writer = EventWriter(engine)
 
     @app.exception_handler(NotFound)
     async def not_found(_: Request, exc: NotFound) -> JSONResponse:
@@ -250,7 +251,7 @@ def create_app(
         inflight.take(len(good))
         try:
             outcome, _routed = await asyncio.wait_for(
-                ingest(state.client, state.engine, state.settings, good), ingest_timeout
+                ingest(state.client, state.engine, state.settings, good, writer), ingest_timeout
             )
         except TimeoutError:
             raise TooBusy(503, "storing or routing took too long; retry the same ids") from None

@@ -22,7 +22,7 @@ from activities import catalog
 from activities.catalog import EventRoutes
 from activities.events import mark_routed, record_events, unrouted
 from activities.segments import followed_event_types
-from parcours.records import NewEvent
+from parcours.records import Event, NewEvent
 from parcours.settings import Settings
 from starter.routing import Routed, route_event
 
@@ -86,43 +86,103 @@ def check_events(raw: Sequence[Any], loc: str = "events") -> tuple[list[NewEvent
     return good, Ingested(accepted=len(good), duplicates=0, rejected=rejected, results=results)
 
 
+class EventWriter:
+    """Group commit: the events of every request waiting to be stored go in one transaction.
+
+    Concurrent requests would otherwise each open a write transaction and queue for the
+    database's write lock (SQLite has one writer; PostgreSQL contends on the events index).
+    One writer at a time, taking everything that queued meanwhile, makes each commit carry
+    many requests."""
+
+    def __init__(self, engine: Engine, max_events: int = 5_000) -> None:
+        self.engine = engine
+        self.max_events = max_events  # per transaction
+        self._queue: list[tuple[Sequence[NewEvent], list[bool], asyncio.Future[Any]]] = []
+        self._writing = False
+
+    @property
+    def depth(self) -> int:
+        """Events waiting for the next transaction."""
+        return sum(len(events) for events, _, _ in self._queue)
+
+    async def write(
+        self, events: Sequence[NewEvent], to_route: list[bool]
+    ) -> list[tuple[Event, bool]]:
+        done: asyncio.Future[list[tuple[Event, bool]]] = asyncio.get_running_loop().create_future()
+        self._queue.append((events, to_route, done))
+        if not self._writing:
+            self._writing = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return await done
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                taken, size = [], 0
+                while self._queue and (
+                    not taken or size + len(self._queue[0][0]) <= self.max_events
+                ):
+                    item = self._queue.pop(0)
+                    taken.append(item)
+                    size += len(item[0])
+                events = [e for batch, _, _ in taken for e in batch]
+                flags = [f for _, batch_flags, _ in taken for f in batch_flags]
+                try:
+                    stored = await asyncio.to_thread(record_events, self.engine, events, flags)
+                except Exception as exc:  # each request answers for itself
+                    for _, _, done in taken:
+                        if not done.done():
+                            done.set_exception(exc)
+                    continue
+                start = 0
+                for batch, _, done in taken:
+                    if not done.done():  # its request may have given up (timeout)
+                        done.set_result(stored[start : start + len(batch)])
+                    start += len(batch)
+        finally:
+            self._writing = False
+
+
 async def ingest(
     client: Callable[[], Awaitable[Client]],
     engine: Engine,
     settings: Settings,
     events: Sequence[NewEvent],
+    writer: EventWriter | None = None,
 ) -> tuple[list[Routed], int]:
-    """Store the events, then route them. Returns each event's outcome, in order, and how many
-    were routed. Raises RoutingFailed when some stored events could not be routed."""
+    """Store the events (through `writer` when given), then route them. Returns each event's
+    outcome, in order, and how many were routed. Raises RoutingFailed when some stored events
+    could not be routed."""
 
-    def store() -> tuple[list[Routed], dict[str, EventRoutes], frozenset[str], set[str]]:
-        routes: dict[str, EventRoutes] = {}
-        followed = followed_event_types(engine)
+    def lookup(types: set[str]) -> tuple[dict[str, EventRoutes], frozenset[str]]:
+        return catalog.routes_for_events(engine, types), followed_event_types(engine)
 
-        def needs_routing(event_type: str) -> bool:
-            # A retried id is routed as it was stored, whatever type the retry carries.
-            found = routes.get(event_type)
-            if found is None:
-                found = routes[event_type] = catalog.routes_for_event(engine, event_type)
-            return event_type in followed or bool(
-                found.entering or found.listening or found.converts
-            )
+    routes, followed = await asyncio.to_thread(lookup, {e.type for e in events})
 
-        stored = record_events(engine, events, lambda e: needs_routing(e.type))
-        # A duplicate still waiting to be routed is the retry of a batch that failed: route it.
-        waiting = unrouted(engine, [e.id for e, dup in stored if dup and needs_routing(e.type)])
-        outcome: list[Routed] = []
-        seen: set[str] = set()
-        for event, duplicate in stored:
-            # Of an id repeated in one batch, only the first occurrence counts.
-            retried = event.id in waiting and event.id not in seen
-            outcome.append(Routed(event, duplicate and not retried))
-            seen.add(event.id)
-        pending = {r.event.id for r in outcome if not r.duplicate and needs_routing(r.event.type)}
-        return outcome, routes, followed, pending
+    def needs_routing(event_type: str) -> bool:
+        found = routes[event_type]
+        return event_type in followed or bool(found.entering or found.listening or found.converts)
 
-    outcome, routes, followed, pending_ids = await asyncio.to_thread(store)
-    pending = [r for r in outcome if not r.duplicate and r.event.id in pending_ids]
+    flags = [needs_routing(e.type) for e in events]
+    if writer is not None:
+        stored = await writer.write(events, flags)
+    else:
+        stored = await asyncio.to_thread(record_events, engine, events, flags)
+    # A retried id is routed as it was stored, whatever type the retry carries.
+    missing = {e.type for e, _ in stored} - routes.keys()
+    if missing:
+        routes |= await asyncio.to_thread(catalog.routes_for_events, engine, missing)
+    retried = [e.id for e, dup in stored if dup and needs_routing(e.type)]
+    # A duplicate still waiting to be routed is the retry of a batch that failed: route it.
+    waiting = await asyncio.to_thread(unrouted, engine, retried) if retried else set()
+    outcome: list[Routed] = []
+    seen: set[str] = set()
+    for event, duplicate in stored:
+        # Of an id repeated in one batch, only the first occurrence counts.
+        again = event.id in waiting and event.id not in seen
+        outcome.append(Routed(event, duplicate and not again))
+        seen.add(event.id)
+    pending = [r for r in outcome if not r.duplicate and needs_routing(r.event.type)]
     if not pending:
         return outcome, 0
 

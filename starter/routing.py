@@ -69,7 +69,7 @@ async def send_event(
         routes = catalog.routes_for_event(engine, new.type)
         if journey_id is not None:
             routes = _only(engine, routes, journey_id, new.type)
-        event, duplicate = record_event(engine, new, to_route=lambda _: True)
+        event, duplicate = record_event(engine, new, to_route=True)
         if duplicate and unrouted(engine, [event.id]):
             duplicate = False
         return Routed(event, duplicate), routes

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.api.enums.v1 import PendingActivityState
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -41,7 +44,21 @@ async def end_entries(client: Client, engine: Engine) -> None:
         for profile in profiles:
             handle = client.get_workflow_handle(journey_workflow_id(journey.journey_id, profile))
             with contextlib.suppress(RPCError):
+                await _activities_settled(handle)
                 await handle.terminate("test finished")
+
+
+async def _activities_settled(handle: WorkflowHandle[Any, Any], seconds: float = 10) -> None:
+    """Wait (a little) for the entry's running activities: terminated in the middle of one,
+    an entry leaves the test server holding time still for an activity that never reports."""
+    for _ in range(int(seconds / 0.05)):
+        description = await handle.describe()
+        if description.status != WorkflowExecutionStatus.RUNNING:
+            return
+        pending = description.raw_description.pending_activities
+        if not any(a.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED for a in pending):
+            return
+        await asyncio.sleep(0.05)
 
 
 async def finish(env: WorkflowEnvironment, client: Client, workflow_id: str) -> JourneyPosition:
