@@ -188,7 +188,14 @@ def api(
     from starter.api import create_app, lazy_client
 
     config = settings(ctx)
-    uvicorn.run(create_app(config, lazy_client(config)), host=host, port=port)
+    # The C HTTP parser, and the standard event loop the Temporal client is tested with.
+    uvicorn.run(
+        create_app(config, lazy_client(config)),
+        host=host,
+        port=port,
+        http="httptools",
+        loop="asyncio",
+    )
 
 
 @app.command("apply")
