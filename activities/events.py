@@ -141,7 +141,9 @@ def _stored(session: Session, event_ids: list[str]) -> dict[str, Event]:
 
 
 def _from_values(values: dict[str, Any]) -> Event:
-    return Event(
+    # Built from a NewEvent already validated: checking each field again costs more than the
+    # insert of the row (bulk ingestion returns one per event).
+    return Event.model_construct(
         id=values["id"],
         type=values["type"],
         profile_id=values["profile_id"],
