@@ -175,6 +175,24 @@ def worker(ctx: typer.Context) -> None:
         raise CommandError(f"cannot reach Temporal at {config.temporal_address}: {exc}") from None
 
 
+@app.command("search-attributes")
+@friendly
+def search_attributes(ctx: typer.Context) -> None:
+    """Register Parcours's search attributes on the namespace (`parcours dev` does it for its
+    own server; run this once against any other cluster)."""
+    from parcours import search_attributes as sa
+    from starter.search_attributes import register
+
+    config = settings(ctx)
+
+    async def run() -> None:
+        await register(await connect(config))
+
+    asyncio.run(run())
+    names = ", ".join(key.name for key in sa.ALL)
+    out.print(f"registered on {config.temporal_namespace}: {names}", highlight=False)
+
+
 @app.command("api")
 @friendly
 def api(
