@@ -213,14 +213,16 @@ def main() -> None:
                 rate, latencies = over_http(
                     port, batch, args.batch, args.concurrency, args.profiles
                 )
-                p99 = statistics.quantiles(latencies, n=100)[98]
+                cuts = statistics.quantiles(latencies, n=100)
+                p50, p90, p99 = cuts[49], cuts[89], cuts[98]
                 raw_rates.append(raw)
                 api_rates.append(rate)
                 ratios.append(rate / raw)
                 p99s.append(p99)
                 print(
                     f"round {round_ + 1}: raw insert {raw:,.0f}/s, API {rate:,.0f}/s "
-                    f"(ratio {rate / raw:.2f}), segments p99 {p99:.2f} ms "
+                    f"(ratio {rate / raw:.2f}), segments p50 {p50:.2f} p90 {p90:.2f} "
+                    f"p99 {p99:.2f} ms "
                     f"over {len(latencies)} reads",
                     flush=True,
                 )

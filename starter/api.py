@@ -40,7 +40,14 @@ from parcours.settings import Settings
 from starter import api_definitions
 from starter.api_state import AppState, Auth, State
 from starter.erasure import erase
-from starter.ingest import EventWriter, Ingested, RoutingFailed, check_events, ingest
+from starter.ingest import (
+    EventWriter,
+    Ingested,
+    RoutingFailed,
+    check_events,
+    ingest,
+    settle,
+)
 from starter.journey_page import journey_routes
 from starter.routing import follow_profile_change
 
@@ -245,7 +252,9 @@ def create_app(
         raw: list[Any] = body.events if isinstance(body, EventBatch) else [body]
         if len(raw) > MAX_BATCH:
             raise HTTPException(413, f"at most {MAX_BATCH} events per request, got {len(raw)}")
-        good, report = check_events(raw)
+        # The checks and the answer are built off the event loop, which keeps serving the
+        # reads that sit on web pages' request paths.
+        good, report = await asyncio.to_thread(check_events, raw)
         if not good:
             errors = [e.model_dump() for r in report.results for e in r.errors]
             return JSONResponse({"detail": errors, "results": _dump(report)}, 422)
@@ -262,16 +271,8 @@ def create_app(
             raise _temporal_busy(exc) from exc
         finally:
             inflight.give_back(len(good))
-        taken = iter(outcome)
-        for result in report.results:
-            if result.status != "rejected":
-                routed = next(taken)
-                result.id = routed.event.id
-                result.status = "duplicate" if routed.duplicate else "accepted"
-        report.duplicates = sum(r.duplicate for r in outcome)
-        report.accepted = len(outcome) - report.duplicates
-        report.journeys = [j for r in outcome for j in r.journeys]
-        return Response(report.model_dump_json(), 202, media_type="application/json")
+        answer = await asyncio.to_thread(lambda: settle(report, outcome).model_dump_json())
+        return Response(answer, 202, media_type="application/json")
 
     @app.get("/v1/profiles/{profile_id}", response_model=Profile)
     async def read_profile(state: State, _: Auth, profile_id: str) -> Profile:

@@ -86,6 +86,20 @@ def check_events(raw: Sequence[Any], loc: str = "events") -> tuple[list[NewEvent
     return good, Ingested(accepted=len(good), duplicates=0, rejected=rejected, results=results)
 
 
+def settle(report: Ingested, outcome: Sequence[Routed]) -> Ingested:
+    """Fill the report of `check_events` with what storing and routing the good events did."""
+    taken = iter(outcome)
+    for result in report.results:
+        if result.status != "rejected":
+            routed = next(taken)
+            result.id = routed.event.id
+            result.status = "duplicate" if routed.duplicate else "accepted"
+    report.duplicates = sum(r.duplicate for r in outcome)
+    report.accepted = len(outcome) - report.duplicates
+    report.journeys = [j for r in outcome for j in r.journeys]
+    return report
+
+
 class EventWriter:
     """Group commit: the events of every request waiting to be stored go in one transaction.
 

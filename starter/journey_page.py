@@ -31,7 +31,7 @@ from temporalio.service import RPCError
 from activities import catalog
 from parcours.journey_svg import journey_svg
 from parcours.settings import Settings
-from starter.api_state import app_state, authorized, bearer_key, known_key
+from starter.api_state import authorized, bearer_key, known_key, state_of
 from starter.journey_report import JourneyReport, UnknownJourney, journey_report
 from starter.lifecycle import node_query
 
@@ -92,7 +92,7 @@ def journey_routes(
     def signed_in(request: Request) -> bool:
         given = request.cookies.get(COOKIE, "").encode()
         # Every key is compared, in constant time, so timing tells nothing.
-        keys = app_state(request).keys
+        keys = state_of(request).keys
         cookies = [hmac.compare_digest(given, page_token(k).encode()) for k in keys]
         return any(cookies) or known_key(request, bearer_key(request))
 
