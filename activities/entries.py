@@ -7,7 +7,7 @@ from datetime import datetime
 
 from sqlalchemy import Table, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -49,8 +49,14 @@ def may_enter(
 
 
 def record_entry(
-    engine: Engine, journey_id: str, version: int, profile_id: str, now: datetime | None = None
+    engine: Engine,
+    journey_id: str,
+    version: int,
+    profile_id: str,
+    now: datetime | None = None,
+    connection: Connection | None = None,
 ) -> None:
+    """Count a new entry; in `connection`'s transaction when given (SQLite and PostgreSQL)."""
     now = now or utcnow()
     if engine.dialect.name in ("sqlite", "postgresql"):
         # One statement, no read first: this runs for every entry that starts.
@@ -72,8 +78,11 @@ def record_entry(
                 "entries": table.c.entries + 1,
             },
         )
-        with engine.begin() as connection:
+        if connection is not None:
             connection.execute(statement)
+            return
+        with engine.begin() as own:
+            own.execute(statement)
         return
     try:
         with Session(engine) as session, session.begin():

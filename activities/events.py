@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from activities.db import EventRow, utcnow
+from activities.entries import record_entry
 from activities.profiles import (
     IN_CHUNK,
     create_missing_profiles,
@@ -101,18 +102,24 @@ def unrouted(engine: Engine, event_ids: Sequence[str]) -> set[str]:
     return found
 
 
-def mark_routed(engine: Engine, event_ids: Sequence[str]) -> None:
-    if not event_ids:
+def mark_routed(
+    engine: Engine, event_ids: Sequence[str], entries: Sequence[tuple[str, int, str]] = ()
+) -> None:
+    """Mark the events routed, and count the journey entries they started (journey id,
+    version, profile id) in the same transaction: one write where there would be two."""
+    if not event_ids and not entries:
         return
-    with Session(engine) as session, session.begin():
-        now = utcnow()
+    now = utcnow()
+    with engine.begin() as connection:
         for start in range(0, len(event_ids), IN_CHUNK):
             chunk = event_ids[start : start + IN_CHUNK]
-            session.execute(
+            connection.execute(
                 update(EventRow)
                 .where(EventRow.id.in_(chunk), EventRow.routed_at.is_(None))
                 .values(routed_at=now)
             )
+        for journey_id, version, profile_id in entries:
+            record_entry(engine, journey_id, version, profile_id, now, connection)
 
 
 def content_event_id(new: NewEvent) -> str:

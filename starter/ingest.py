@@ -221,7 +221,9 @@ async def ingest(
     results = await asyncio.gather(
         *(route_profile(items) for items in by_profile.values()), return_exceptions=True
     )
-    await asyncio.to_thread(mark_routed, engine, done)
+    finished = set(done)
+    entries = [e for r in pending if r.event.id in finished for e in r.entries()]
+    await asyncio.to_thread(mark_routed, engine, done, entries)
     failure = next((r for r in results if isinstance(r, BaseException)), None)
     if failure is not None:
         raise RoutingFailed(len(outcome), len(pending) - len(done), failure)

@@ -44,6 +44,11 @@ class Routed:
     journeys: list[str] = field(default_factory=list)  # workflow ids started or signalled
     segments: list[Transition] = field(default_factory=list)  # memberships this event changed
     conversions: list[str] = field(default_factory=list)  # journeys whose goal it reached
+    # Entries it started (journey id, version), counted when the event is marked routed.
+    entered: list[tuple[str, int]] = field(default_factory=list)
+
+    def entries(self) -> list[tuple[str, int, str]]:
+        return [(journey, version, self.event.profile_id) for journey, version in self.entered]
 
 
 @dataclass
@@ -78,7 +83,7 @@ async def send_event(
     routed, routes = await asyncio.to_thread(record)
     if not routed.duplicate:
         await route_event(client, engine, settings, routed, routes)
-        await asyncio.to_thread(mark_routed, engine, [routed.event.id])
+        await asyncio.to_thread(mark_routed, engine, [routed.event.id], routed.entries())
     return routed
 
 
@@ -91,7 +96,8 @@ async def route_event(
     segments_follow: bool = True,
 ) -> None:
     """Route a stored event: segments first (unless none follows its type), then the journeys
-    it enters, converts, or is awaited by. The caller marks it routed afterwards."""
+    it enters, converts, or is awaited by. The caller marks it routed afterwards, with the
+    entries it started (`Routed.entered`)."""
     prepared = await asyncio.to_thread(_prepare, engine, routed, routes, segments_follow)
     event = routed.event
     ref = EventRef(id=event.id, type=event.type, timestamp=event.timestamp)
@@ -108,7 +114,7 @@ async def route_event(
         if workflow_id:
             routed.journeys.append(workflow_id)
         if started:
-            await asyncio.to_thread(record_entry, engine, journey.id, version, event.profile_id)
+            routed.entered.append((journey.id, version))
     routed.journeys += await route_transitions(client, engine, settings, routed.segments)
     # Entries already running that wait for this event, or leave on it.
     for listener in prepared.listening:
