@@ -6,7 +6,10 @@ SQLAlchemy's JSON type, except the objects segment rules read key by key (`JsonO
 
 from __future__ import annotations
 
+import os
 import threading
+import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,26 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def ordered_ids(count: int) -> list[str]:
+    """`count` new UUIDv7s (RFC 9562): time first, so rows inserted together land together at
+    the end of their primary-key index. A thousand random UUIDv4s would dirty a thousand of its
+    pages, and writing those pages costs more than inserting the rows."""
+    millis = time.time_ns() // 1_000_000
+    entropy = os.urandom(10 * count)
+    ids = []
+    for n in range(count):
+        rand = int.from_bytes(entropy[10 * n : 10 * n + 10], "big")
+        value = (
+            millis << 80
+            | 0x7 << 76  # version 7
+            | ((rand >> 62) & 0xFFF) << 64
+            | 0b10 << 62  # RFC 9562 variant
+            | rand & ((1 << 62) - 1)
+        )
+        ids.append(str(uuid.UUID(int=value)))
+    return ids
 
 
 class UTCDateTime(TypeDecorator[datetime]):
