@@ -320,33 +320,32 @@ class PageSender:
                     ).where(DELIVERIES.c.idempotency_key.in_(keys))
                 )
             }
-        template = self._template_id()
+        # What every fresh row of the page shares.
+        blank = {
+            "channel": self.channel,
+            "template": self._template_id(),
+            "status": "queued",
+            "reason": None,
+            "campaign_id": self.campaign.id,
+            "workflow_id": self.page.run_id,
+            "priority": self.campaign.priority,
+            "provider": None,
+            "provider_message_id": None,
+            "to_address": None,
+            "subject": None,
+            "sent_at": None,
+            "attempts": 0,
+            "created_at": self.now,
+            "updated_at": self.now,
+        }
         ids = iter(ordered_ids(len(keys) - len(existing)))
         recipients = []
         for key, member in keys.items():
             row = existing.get(key)
             fresh = row is None
             if row is None:
-                row = {
-                    "id": next(ids),
-                    "idempotency_key": key,
-                    "profile_id": member.profile_id,
-                    "channel": self.channel,
-                    "template": template,
-                    "status": "queued",
-                    "reason": None,
-                    "campaign_id": self.campaign.id,
-                    "workflow_id": self.page.run_id,
-                    "priority": self.campaign.priority,
-                    "provider": None,
-                    "provider_message_id": None,
-                    "to_address": None,
-                    "subject": None,
-                    "sent_at": None,
-                    "attempts": 0,
-                    "created_at": self.now,
-                    "updated_at": self.now,
-                }
+                row = {"id": next(ids), "idempotency_key": key, "profile_id": member.profile_id}
+                row.update(blank)
             profile = _Profile(*member[2:]) if member.id is not None else None  # type: ignore[call-arg]
             recipient = _Recipient(member.seq, member.profile_id, profile, row, fresh)
             if profile is None and row["status"] in ("queued", "sending"):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -102,7 +101,8 @@ def ordered_ids(count: int) -> list[str]:
             | 0b10 << 62  # RFC 9562 variant
             | rand & ((1 << 62) - 1)
         )
-        ids.append(str(uuid.UUID(int=value)))
+        digits = f"{value:032x}"
+        ids.append(f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}")
     return ids
 
 
