@@ -7,7 +7,6 @@ A run sends each member of its snapshot at most once: every recipient is a ledge
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -16,14 +15,15 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, delete, func, insert, literal, select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine, Row
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from temporalio import activity
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
-from activities import ledger, suppression
+from activities import ledger, rendering, suppression
 from activities.bound import BoundActivities
 from activities.catalog import known_segments
 from activities.channels import configured_senders
@@ -35,10 +35,12 @@ from activities.db import (
     CampaignRunRow,
     DeliveryRow,
     ProfileRow,
+    insert_many,
+    ordered_ids,
     utcnow,
 )
 from activities.delivery import address_of, no_address, send_clock
-from activities.rendering import RenderError, message_context, render
+from activities.rendering import RenderError, message_context, profile_json
 from activities.rule_sql import members_query
 from parcours.contracts import (
     CampaignPage,
@@ -50,11 +52,27 @@ from parcours.contracts import (
 )
 from parcours.definitions import Campaign, Template
 from parcours.delivery_policy import DeliveryPolicy
-from parcours.records import Profile
 from parcours.settings import Settings
 
 DELIVERIES = cast(Table, DeliveryRow.__table__)
 PROFILES = cast(Table, ProfileRow.__table__)
+AUDIENCE = cast(Table, CampaignAudienceRow.__table__)
+# What a message's template context and its checks read of a profile (`profile_json`).
+PROFILE_COLUMNS = tuple(
+    PROFILES.c[name]
+    for name in (
+        "id",
+        "email",
+        "phone",
+        "timezone",
+        "locale",
+        "attributes",
+        "consent",
+        "device_tokens",
+        "created_at",
+        "updated_at",
+    )
+)
 # Bodies longer than SendGrid's substitution limit go out one request each.
 MAX_SUBSTITUTED_BYTES = 9_000
 # Non-email channels send one request per recipient, this many at a time.
@@ -151,17 +169,59 @@ def start_run(engine: Engine, request: StartRun) -> RunPlan:
         return RunPlan(campaign=campaign, audience=run.audience_size or 0)
 
 
-@dataclass
+@dataclass(slots=True)
+class _Profile:
+    """A profile's columns as a page reads them, in the order of `PROFILE_COLUMNS`: read by
+    attribute a dozen times per recipient, which costs less on this than on a result row."""
+
+    id: str
+    email: str | None
+    phone: str | None
+    timezone: str | None
+    locale: str | None
+    attributes: dict[str, Any] | None
+    consent: dict[str, Any] | None
+    device_tokens: list[str] | None
+    created_at: datetime | None
+    updated_at: datetime | None
+
+
+@dataclass(slots=True)
 class _Recipient:
     seq: int
-    profile: Profile
+    profile_id: str
+    # The profile's row as the page read it; None when it was erased after the snapshot.
+    profile: _Profile | None
+    # The recipient's ledger row: the values to insert (fresh) or to write back (existing).
     row: dict[str, Any]
+    fresh: bool
     address: str | None = None
     message: Outgoing | None = None
 
 
+# A ledger row's values that a page reads back and may change.
+_LEDGER_STATE = (
+    "id",
+    "status",
+    "reason",
+    "provider",
+    "provider_message_id",
+    "to_address",
+    "subject",
+    "sent_at",
+    "attempts",
+)
+
+
 class PageSender:
-    """One page of a run: claim, admit, render and send up to `page.limit` recipients."""
+    """One page of a run: claim, admit, render and send up to `page.limit` recipients.
+
+    Every recipient's ledger row is written, with the outcome of its checks (`sending`,
+    `suppressed`, `failed`, or `queued` while held), in one transaction committed before the
+    provider is called; the provider's answer is written in a second one. Rows are read and
+    written in bulk through SQLAlchemy Core: a page costs a handful of statements, not a few
+    per recipient.
+    """
 
     def __init__(
         self,
@@ -179,20 +239,27 @@ class PageSender:
         self.tag = f"{page.run_id}/{page.from_seq}"
         self.result = PageResult(next_seq=page.from_seq)
         self.release: list[str] = []
+        # Existing rows whose state changed, by id, written back row by row.
+        self._changed: dict[str, _Recipient] = {}
+        # Requests the provider took: (provider, message id, the delivery ids it carried).
+        self._taken: list[tuple[str, str, list[str]]] = []
+        self._held: dict[str | None, datetime | None] = {}
 
     def run(self) -> PageResult:
         members = self._members()
         if not members:
             return self.result
-        self.result.next_seq = members[-1][0] + 1
+        self.result.next_seq = members[-1].seq + 1
         if self.page.follow_up:
             members = self._follow_up_targets(members)
         recipients = self._claim(members)
         self._reconcile([r for r in recipients if r.row["status"] == "sending"])
         pending = [r for r in recipients if r.row["status"] == "queued"]
-        template = self._template()
-        admitted = self._admit(pending, template)
+        admitted = self._admit(pending, self._template())
+        # Committed before any provider call: a crash from here on leaves them `sending`.
+        self._write_claims(recipients)
         self._send(admitted)
+        self._write_outcomes()
         counts = Counter(r.row["status"] for r in recipients)
         self.result.sent = sum(counts[s] for s in ledger.COUNTED if s != "sending")
         self.result.suppressed, self.result.failed = counts["suppressed"], counts["failed"]
@@ -206,32 +273,31 @@ class PageSender:
 
     # -- steps -------------------------------------------------------------------------------
 
-    def _members(self) -> list[tuple[int, str]]:
-        with Session(self.engine) as session:
-            return list(
-                session.execute(
-                    select(CampaignAudienceRow.seq, CampaignAudienceRow.profile_id)
-                    .where(
-                        CampaignAudienceRow.run_id == self.page.run_id,
-                        CampaignAudienceRow.seq >= self.page.from_seq,
-                    )
-                    .order_by(CampaignAudienceRow.seq)
-                    .limit(self.page.limit)
-                ).all()
-            )
+    def _members(self) -> list[Row[Any]]:
+        """The page's members in snapshot order, each with its profile's columns (all None
+        when the profile was erased since)."""
+        query = (
+            select(AUDIENCE.c.seq, AUDIENCE.c.profile_id, *PROFILE_COLUMNS)
+            .select_from(AUDIENCE.outerjoin(PROFILES, PROFILES.c.id == AUDIENCE.c.profile_id))
+            .where(AUDIENCE.c.run_id == self.page.run_id, AUDIENCE.c.seq >= self.page.from_seq)
+            .order_by(AUDIENCE.c.seq)
+            .limit(self.page.limit)
+        )
+        with self.engine.connect() as connection:
+            return list(connection.execute(query))
 
-    def _follow_up_targets(self, members: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    def _follow_up_targets(self, members: list[Row[Any]]) -> list[Row[Any]]:
         """Those whose first message went out and was not opened (or clicked) since."""
         assert self.campaign.follow_up is not None
         waiting = ("sent", "delivered") + (
             ("opened",) if self.campaign.follow_up.to == "not_clicked" else ()
         )
-        keys = {f"{self.page.run_id}/{p}": (seq, p) for seq, p in members}
-        with Session(self.engine) as session:
+        keys = {f"{self.page.run_id}/{m.profile_id}": m for m in members}
+        with self.engine.connect() as connection:
             targets = set(
-                session.scalars(
-                    select(DeliveryRow.idempotency_key).where(
-                        DeliveryRow.idempotency_key.in_(keys), DeliveryRow.status.in_(waiting)
+                connection.scalars(
+                    select(DELIVERIES.c.idempotency_key).where(
+                        DELIVERIES.c.idempotency_key.in_(keys), DELIVERIES.c.status.in_(waiting)
                     )
                 )
             )
@@ -241,56 +307,50 @@ class PageSender:
         suffix = "/follow-up" if self.page.follow_up else ""
         return f"{self.page.run_id}/{profile_id}{suffix}"
 
-    def _claim(self, members: Sequence[tuple[int, str]]) -> list[_Recipient]:
-        """Every recipient's ledger row, inserting the missing ones in bulk."""
-        keys = {self._key(p): (seq, p) for seq, p in members}
-        template = self._template_id()
-        with Session(self.engine) as session, session.begin():
+    def _claim(self, members: Sequence[Row[Any]]) -> list[_Recipient]:
+        """Every recipient with its ledger row: the existing one (a retried or held page), or
+        a fresh `queued` one, inserted with its outcome by `_write_claims`."""
+        keys = {self._key(m.profile_id): m for m in members}
+        with self.engine.connect() as connection:
             existing = {
-                row.idempotency_key: row
-                for row in session.execute(
-                    select(DELIVERIES).where(DeliveryRow.idempotency_key.in_(keys))
-                ).mappings()
+                row.idempotency_key: row._asdict()
+                for row in connection.execute(
+                    select(
+                        DELIVERIES.c.idempotency_key, *(DELIVERIES.c[c] for c in _LEDGER_STATE)
+                    ).where(DELIVERIES.c.idempotency_key.in_(keys))
+                )
             }
-            fresh = [
-                {
-                    "id": str(uuid.uuid4()),
-                    "idempotency_key": key,
-                    "profile_id": profile_id,
-                    "channel": self.channel,
-                    "template": template,
-                    "status": "queued",
-                    "campaign_id": self.campaign.id,
-                    "workflow_id": self.page.run_id,
-                    "priority": self.campaign.priority,
-                    "attempts": 0,
-                    "created_at": self.now,
-                    "updated_at": self.now,
-                }
-                for key, (_, profile_id) in keys.items()
-                if key not in existing
-            ]
-            if fresh:
-                session.execute(insert(DeliveryRow), fresh)
-            profiles = {
-                row["id"]: _profile(row)
-                for row in session.execute(
-                    select(PROFILES).where(PROFILES.c.id.in_([p for _, p in members]))
-                ).mappings()
-            }
-        rows = {
-            **{k: dict(v) for k, v in existing.items()},
-            **{r["idempotency_key"]: r for r in fresh},
+        # What every fresh row of the page shares.
+        blank = {
+            "channel": self.channel,
+            "template": self._template_id(),
+            "status": "queued",
+            "reason": None,
+            "campaign_id": self.campaign.id,
+            "workflow_id": self.page.run_id,
+            "priority": self.campaign.priority,
+            "provider": None,
+            "provider_message_id": None,
+            "to_address": None,
+            "subject": None,
+            "sent_at": None,
+            "attempts": 0,
+            "created_at": self.now,
+            "updated_at": self.now,
         }
-        recipients, erased = [], []
-        for key, (seq, profile_id) in keys.items():
-            profile = profiles.get(profile_id)
-            recipient = _Recipient(seq, profile or Profile(id=profile_id), rows[key])
-            if profile is None and recipient.row["status"] in ("queued", "sending"):
-                self._settle(recipient.row, "failed", f"profile {profile_id!r} was erased")
-                erased.append(recipient)
+        ids = iter(ordered_ids(len(keys) - len(existing)))
+        recipients = []
+        for key, member in keys.items():
+            row = existing.get(key)
+            fresh = row is None
+            if row is None:
+                row = {"id": next(ids), "idempotency_key": key, "profile_id": member.profile_id}
+                row.update(blank)
+            profile = _Profile(*member[2:]) if member.id is not None else None  # type: ignore[call-arg]
+            recipient = _Recipient(member.seq, member.profile_id, profile, row, fresh)
+            if profile is None and row["status"] in ("queued", "sending"):
+                self._settle(recipient, "failed", f"profile {member.profile_id!r} was erased")
             recipients.append(recipient)
-        self._flush(erased)
         return recipients
 
     def _reconcile(self, unknown: list[_Recipient]) -> None:
@@ -302,21 +362,21 @@ class PageSender:
         sender = self.senders.get(self.channel)
         taken = sender.sent_to(PAGE_TAG, self.tag) if isinstance(sender, SendGridEmail) else None
         for recipient in unknown:
-            row = recipient.row
             if taken is None:
-                self._settle(row, "failed", ledger.UNKNOWN_OUTCOME)
-            elif (row["to_address"] or "").lower() in taken:
-                self._settle(row, "sent", None)
+                self._settle(recipient, "failed", ledger.UNKNOWN_OUTCOME)
+            elif (recipient.row["to_address"] or "").lower() in taken:
+                self._settle(recipient, "sent", None)
             else:
-                row["status"] = "queued"
-        self._flush(unknown)
+                recipient.row["status"] = "queued"
 
     def _admit(self, pending: list[_Recipient], template: Template) -> list[_Recipient]:
         suppressed = self._suppressed_addresses(pending)
         capped = self._over_cap(pending)
+        renderer = rendering.renderer(template)
         admitted: list[_Recipient] = []
         for recipient in pending:
             row, profile = recipient.row, recipient.profile
+            assert profile is not None, "erased profiles were settled when claimed"
             address = address_of(profile, self.channel)
             reason = None
             if address is None:
@@ -326,22 +386,23 @@ class PageSender:
             elif address in suppressed:
                 reason = suppressed[address]
             elif self.campaign.priority == "marketing":
-                held = self._held_until(profile)
+                held = self._held_until(profile.timezone)
                 if held is not None:
                     row["reason"] = f"held until {held.isoformat()}"
                     self.result.held_until = min(self.result.held_until or held, held)
+                    self._touched(recipient)
                     continue
-                if profile.id in capped:
+                if recipient.profile_id in capped:
                     reason = ledger.FREQUENCY_CAP
             if reason is not None:
-                self._settle(row, "suppressed", reason)
+                self._settle(recipient, "suppressed", reason)
                 continue
+            context = message_context(self.settings, template, profile_json(profile), None)
             try:
-                rendered = render(template, message_context(self.settings, template, profile, None))
+                rendered = renderer.render(context)
             except RenderError as exc:
-                self._settle(row, "failed", str(exc))
+                self._settle(recipient, "failed", str(exc))
                 continue
-            assert address is not None
             recipient.address = address
             recipient.message = Outgoing(
                 to=address,
@@ -351,12 +412,15 @@ class PageSender:
                 correlation={DELIVERY_TAG: row["id"]},
             )
             row.update(
-                status="sending", to_address=address, subject=rendered.subject, sent_at=self.now
+                status="sending",
+                reason=None,
+                to_address=address,
+                subject=rendered.subject,
+                sent_at=self.now,
+                attempts=(row["attempts"] or 0) + 1,
             )
-            row["attempts"] = (row.get("attempts") or 0) + 1
+            self._touched(recipient)
             admitted.append(recipient)
-        # Committed before any provider call: a crash from here on leaves them `sending`.
-        self._flush(pending)
         return admitted
 
     def _send(self, admitted: list[_Recipient]) -> None:
@@ -364,13 +428,14 @@ class PageSender:
         if not admitted:
             return
         if sender is None:
+            # No provider: recording the message is the whole of sending it.
+            self._taken.append(("outbox", "", [r.row["id"] for r in admitted]))
             for r in admitted:
-                self._settle(r.row, "sent", None, provider="outbox")
+                r.row.update(status="sent", provider="outbox")
         elif isinstance(sender, SendGridEmail):
             self._send_email(sender, admitted)
         else:
             self._send_each(sender, admitted)
-        self._flush(admitted)
 
     def _send_email(self, sender: SendGridEmail, admitted: list[_Recipient]) -> None:
         bulk: list[_Recipient] = []
@@ -387,8 +452,11 @@ class PageSender:
                 for r in batch:
                     self._refused(r, exc)
                 continue
+            self._taken.append((sender.provider, message_id, [r.row["id"] for r in batch]))
             for r in batch:
-                self._settle(r.row, "sent", None, provider=sender.provider, message_id=message_id)
+                r.row.update(
+                    status="sent", provider=sender.provider, provider_message_id=message_id
+                )
         self._send_each(sender, single)
 
     def _send_each(self, sender: Sender, recipients: list[_Recipient]) -> None:
@@ -399,7 +467,7 @@ class PageSender:
             except ProviderError as exc:
                 self._refused(r, exc)
                 return
-            self._settle(r.row, "sent", None, provider=sender.provider, message_id=message_id)
+            self._settle(r, "sent", None, provider=sender.provider, message_id=message_id)
 
         with ThreadPoolExecutor(CONCURRENCY) as pool:
             list(pool.map(one, recipients))
@@ -412,16 +480,17 @@ class PageSender:
                 suppression.suppress(
                     session, self.channel, recipient.address, exc.suppress, "provider"
                 )
-            self._settle(row, "suppressed", f"{exc.suppress}: {exc.message}")
+            self._settle(recipient, "suppressed", f"{exc.suppress}: {exc.message}")
         elif exc.retryable:
             if not exc.ambiguous:
                 row.update(status="queued", reason=exc.message)
+                self._touched(recipient)
             # Either way the page is tried again; an ambiguous row is reconciled first.
             self.release.append(row["id"])
             if exc.retry_after:
                 self._retry_after = timedelta(seconds=exc.retry_after)
         else:
-            self._settle(row, "failed", exc.message)
+            self._settle(recipient, "failed", exc.message)
 
     _retry_after: timedelta | None = None
 
@@ -433,14 +502,18 @@ class PageSender:
         return self.campaign.template
 
     def _template(self) -> Template:
-        with Session(self.engine) as session:
-            templates = session.scalar(
+        with self.engine.connect() as connection:
+            templates = connection.scalar(
                 select(CampaignRunRow.templates).where(CampaignRunRow.id == self.page.run_id)
             )
         return Template.model_validate((templates or {})[self._template_id()])
 
     def _suppressed_addresses(self, pending: list[_Recipient]) -> dict[str, str]:
-        addresses = [a for r in pending if (a := address_of(r.profile, self.channel))]
+        addresses = [
+            a
+            for r in pending
+            if r.profile is not None and (a := address_of(r.profile, self.channel))
+        ]
         with Session(self.engine) as session:
             return suppression.suppressed_addresses(session, self.channel, addresses)
 
@@ -451,17 +524,23 @@ class PageSender:
         with Session(self.engine) as session:
             sent = ledger.marketing_sent(
                 session,
-                [r.profile.id for r in pending],
+                [r.profile_id for r in pending],
                 self.channel,
                 self.now - cap.window,
                 besides=DeliveryRow.workflow_id.is_distinct_from(self.page.run_id),
             )
         return {profile_id for profile_id, n in sent.items() if n >= cap.limit}
 
-    def _held_until(self, profile: Profile) -> datetime | None:
+    def _held_until(self, timezone: str | None) -> datetime | None:
+        # The same for every recipient in one zone: worked out once per zone and page.
+        if timezone not in self._held:
+            self._held[timezone] = self._held_in(timezone)
+        return self._held[timezone]
+
+    def _held_in(self, timezone: str | None) -> datetime | None:
         send_at = self.campaign.send_at
         if send_at is not None and not self.page.follow_up:
-            zone = self.policy.zone(profile.timezone or send_at.fallback_timezone)
+            zone = self.policy.zone(timezone or send_at.fallback_timezone)
             local = self.now.astimezone(zone)
             hour, minute = map(int, send_at.local_time.split(":"))
             due = local.replace(hour=hour, minute=minute, second=0, microsecond=0)
@@ -469,67 +548,90 @@ class PageSender:
             if due > local:
                 return due.astimezone(self.now.tzinfo)
         quiet = self.policy.quiet_hours.get(self.channel)
-        return quiet.opens_at(self.now, self.policy.zone(profile.timezone)) if quiet else None
+        return quiet.opens_at(self.now, self.policy.zone(timezone)) if quiet else None
 
-    # -- writing rows back -----------------------------------------------------------------------
+    # -- writing rows ----------------------------------------------------------------------------
 
     def _settle(
         self,
-        row: dict[str, Any],
+        recipient: _Recipient,
         status: str,
         reason: str | None,
         *,
         provider: str | None = None,
         message_id: str | None = None,
     ) -> None:
+        row = recipient.row
         row["status"], row["reason"] = status, reason
         if provider is not None:
             row["provider"], row["provider_message_id"] = provider, message_id
+        self._touched(recipient)
 
-    def _flush(self, recipients: Sequence[_Recipient]) -> None:
-        """Write the rows' current state back in one statement."""
-        if not recipients:
+    def _touched(self, recipient: _Recipient) -> None:
+        if not recipient.fresh:
+            self._changed[recipient.row["id"]] = recipient
+
+    def _write_claims(self, recipients: list[_Recipient]) -> None:
+        """Insert the fresh rows and write back the changed ones, in one transaction."""
+        fresh = [r.row for r in recipients if r.fresh]
+        try:
+            with self.engine.begin() as connection:
+                insert_many(connection, DELIVERIES, fresh)
+                self._write_changed(connection)
+        except IntegrityError as exc:
+            # Another attempt of this page (a worker thought dead) claimed them first: the
+            # next attempt finds its rows and settles against them.
+            raise ApplicationError(
+                f"page {self.tag} was claimed by another attempt meanwhile: {exc.orig}",
+                type="PageClaimed",
+            ) from exc
+        for r in recipients:
+            r.fresh = False
+
+    def _write_outcomes(self) -> None:
+        """What the provider said: one statement per request it took, and the rows it
+        refused or that went out one by one."""
+        if not self._taken and not self._changed:
+            return
+        with self.engine.begin() as connection:
+            for provider, message_id, ids in self._taken:
+                connection.execute(
+                    update(DELIVERIES)
+                    .where(DELIVERIES.c.id.in_(ids))
+                    .values(
+                        status="sent",
+                        reason=None,
+                        provider=provider,
+                        provider_message_id=message_id or None,
+                        updated_at=utcnow(),
+                    )
+                )
+            self._write_changed(connection)
+
+    def _write_changed(self, connection: Connection) -> None:
+        changed, self._changed = list(self._changed.values()), {}
+        if not changed:
             return
         values = [
             {
                 "b_id": r.row["id"],
-                "status": r.row["status"],
-                "reason": r.row.get("reason"),
-                "provider": r.row.get("provider"),
-                "provider_message_id": r.row.get("provider_message_id"),
-                "to_address": r.row.get("to_address"),
-                "subject": r.row.get("subject"),
-                "sent_at": r.row.get("sent_at"),
-                "attempts": r.row.get("attempts") or 0,
+                **{c: r.row[c] for c in _LEDGER_STATE if c != "id"},
                 "updated_at": utcnow(),
             }
-            for r in recipients
+            for r in changed
         ]
         statement = (
             update(DELIVERIES)
             .where(DELIVERIES.c.id == bindparam("b_id"))
             .values({k: bindparam(k) for k in values[0] if k != "b_id"})
         )
-        with Session(self.engine) as session, session.begin():
-            session.connection().execute(statement, values)
+        connection.execute(statement, values)
 
 
 def _substituted_size(message: Outgoing | None) -> int:
     if message is None:
         return 0
     return len(message.text.encode()) + len((message.html or "").encode()) + 64
-
-
-def _profile(row: Any) -> Profile:
-    # Rows the store wrote are valid already: skip validating a thousand of them per page.
-    return Profile.model_construct(
-        **{name: row[name] for name in ("id", "email", "phone", "timezone", "locale")},
-        attributes=row["attributes"] or {},
-        consent=row["consent"] or {},
-        device_tokens=row["device_tokens"] or [],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
 
 
 def running_runs(engine: Engine, campaign_id: str) -> list[str]:

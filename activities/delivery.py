@@ -4,7 +4,9 @@ caps), send, record."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -18,7 +20,6 @@ from activities.db import utcnow
 from activities.profiles import write_session
 from activities.rendering import RenderError, message_context, render
 from parcours.contracts import DeliveryResult, DeliveryStatus, SendMessageInput
-from parcours.records import Profile
 from parcours.settings import Settings
 
 
@@ -168,7 +169,18 @@ def no_address(channel: str) -> str:
     return f"no_address: {_MISSING[channel]}"
 
 
-def address_of(profile: Profile, channel: str) -> str | None:
+class Addressed(Protocol):
+    """What choosing an address reads of a profile: a `Profile`, or a campaign page's row."""
+
+    @property
+    def email(self) -> str | None: ...
+    @property
+    def phone(self) -> str | None: ...
+    @property
+    def device_tokens(self) -> Sequence[str] | None: ...
+
+
+def address_of(profile: Addressed, channel: str) -> str | None:
     if channel == "email":
         return profile.email
     if channel == "sms":

@@ -6,6 +6,7 @@ A template that does not render fails its delivery with the reason; it never fai
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cache, lru_cache
 from typing import Any
 
@@ -40,18 +41,44 @@ def _environment(autoescape: bool) -> ImmutableSandboxedEnvironment:
 def template_context(
     profile: Any, event: Any, journey_id: str | None, version: int | None, node_id: str | None
 ) -> dict[str, Any]:
-    """What every template sees: the profile, the entry event and where in the journey it is."""
+    """What every template sees: the profile, the entry event and where in the journey it is.
+    `profile` is a `Profile`, or its JSON form already (`profile_json`)."""
     return {
-        "profile": profile.model_dump(mode="json"),
+        "profile": profile if isinstance(profile, dict) else profile.model_dump(mode="json"),
         "event": event.model_dump(mode="json") if event else {},
         "journey": {"id": journey_id, "version": version, "node": node_id},
     }
 
 
+def profile_json(row: Any) -> dict[str, Any]:
+    """What `Profile.model_dump(mode="json")` gives for a profile row the store wrote (its JSON
+    columns hold JSON already), built without a model: a campaign page builds a thousand."""
+    return {
+        "id": row.id,
+        "email": row.email,
+        "phone": row.phone,
+        "timezone": row.timezone,
+        "locale": row.locale,
+        "attributes": row.attributes or {},
+        "consent": row.consent or {},
+        "device_tokens": row.device_tokens or [],
+        "created_at": _json_time(row.created_at),
+        "updated_at": _json_time(row.updated_at),
+    }
+
+
+def _json_time(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    # pydantic writes a zero offset as "Z".
+    text = value.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
 def message_context(
     settings: Settings,
     template: Template,
-    profile: Profile,
+    profile: Profile | dict[str, Any],
     event: Any,
     journey_id: str | None = None,
     version: int | None = None,
@@ -61,7 +88,8 @@ def message_context(
     context = template_context(profile, event, journey_id, version, node_id)
     # Signing a link costs more than rendering a short message: only for templates using it.
     if _uses_unsubscribe_url(template):
-        context["unsubscribe_url"] = unsubscribe_url(settings, profile.id, template.channel)
+        profile_id = profile["id"] if isinstance(profile, dict) else profile.id
+        context["unsubscribe_url"] = unsubscribe_url(settings, profile_id, template.channel)
     return context
 
 
@@ -80,19 +108,56 @@ def _compiled(source: str, autoescape: bool) -> JinjaTemplate:
 
 
 def render(template: Template, context: dict[str, Any]) -> Rendered:
-    def one(part: str, source: str | None, autoescape: bool = False) -> str | None:
-        if source is None:
-            return None
-        try:
-            return _compiled(source, autoescape).render(context)
-        except TemplateError as exc:
-            raise RenderError(f"template {template.id!r} {part}: {exc}") from exc
+    return renderer(template).render(context)
 
-    return Rendered(
-        subject=one("subject", template.subject),
-        text=one("body", template.body) or "",
-        html=one("html", template.html, autoescape=True),
-    )
+
+@lru_cache(maxsize=1024)
+def renderer(template: Template) -> MessageRenderer:
+    return MessageRenderer(template)
+
+
+class MessageRenderer:
+    """A message template's parts, compiled once, rendered for one recipient after another.
+
+    The parts share one copy of the context: Jinja's own `render` copies the environment's
+    globals into a fresh dict per call, which costs more than rendering a short subject, and a
+    campaign page renders three parts for each of a thousand recipients. The templates still
+    run in the sandboxed, strict environments of `_environment`; the shared dict is never
+    written to (template code writes its own `Context.vars`).
+    """
+
+    def __init__(self, template: Template) -> None:
+        self.template = template
+        self._parts = [
+            (part, _compiled(source, autoescape) if source is not None else None)
+            for part, source, autoescape in (
+                ("subject", template.subject, False),
+                ("body", template.body, False),
+                ("html", template.html, True),
+            )
+        ]
+        # Both environments have Jinja's default globals (range, dict, namespace...).
+        self._globals = {
+            name: value
+            for _, compiled in self._parts
+            if compiled is not None
+            for name, value in compiled.globals.items()
+        }
+
+    def render(self, context: dict[str, Any]) -> Rendered:
+        shared = {**self._globals, **context}
+        subject, text, html = (self._one(part, compiled, shared) for part, compiled in self._parts)
+        return Rendered(subject=subject, text=text or "", html=html)
+
+    def _one(self, part: str, compiled: JinjaTemplate | None, shared: dict[str, Any]) -> str | None:
+        if compiled is None:
+            return None
+        environment = compiled.environment
+        try:
+            context = environment.context_class(environment, shared, compiled.name, compiled.blocks)
+            return environment.concat(compiled.root_render_func(context))
+        except TemplateError as exc:
+            raise RenderError(f"template {self.template.id!r} {part}: {exc}") from exc
 
 
 def render_text(name: str, source: str, context: dict[str, Any]) -> str:

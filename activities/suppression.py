@@ -7,7 +7,8 @@ profile that takes that address later.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -45,8 +46,15 @@ def reason_for(session: Session, profile: Profile, channel: str, address: str) -
     return suppressed_addresses(session, channel, [address]).get(address)
 
 
-def opted_out(profile: Profile, channel: str) -> bool:
-    return bool((profile.consent.get(channel) or {}).get("status") == "opted_out")
+class Consenting(Protocol):
+    """What consent is read from: a `Profile`, or a campaign page's row."""
+
+    @property
+    def consent(self) -> Mapping[str, Any] | None: ...
+
+
+def opted_out(profile: Consenting, channel: str) -> bool:
+    return bool(((profile.consent or {}).get(channel) or {}).get("status") == "opted_out")
 
 
 def suppressed_addresses(

@@ -4,14 +4,15 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
-from sqlalchemy import inspect
+from sqlalchemy import inspect, select
 from sqlalchemy.engine import Engine
 
 from activities import catalog, ledger
+from activities.campaigns import PROFILE_COLUMNS
 from activities.db import engine_for, utcnow
 from activities.events import get_event, record_event
 from activities.profiles import get_profile, set_profile
-from activities.rendering import RenderError, render
+from activities.rendering import RenderError, profile_json, render
 from parcours.contracts import SendMessageInput
 from parcours.definitions import Template
 from parcours.delivery_policy import DeliveryPolicy
@@ -160,6 +161,37 @@ def test_templates_are_strict_and_sandboxed() -> None:
     html = Template(id="t", channel="email", subject="s", body="{{ x }}", html="<p>{{ x }}</p>")
     rendered = render(html, {"x": "<script>"})
     assert rendered.text == "<script>" and rendered.html == "<p>&lt;script&gt;</p>"
+
+
+def test_a_message_renders_its_parts_in_separate_contexts_with_jinja_globals() -> None:
+    # One shared dict of variables, but a `{% set %}` in the subject stays in the subject.
+    template = Template(
+        id="t",
+        channel="email",
+        subject="{% set n = 3 %}{{ range(n) | list }}",
+        body="{{ n }}",
+    )
+    with pytest.raises(RenderError, match="template 't' body: 'n' is undefined"):
+        render(template, {})
+
+
+def test_a_campaign_page_gives_templates_the_profile_as_pydantic_dumps_it(
+    engine: Engine,
+) -> None:
+    set_profile(
+        engine,
+        "ada",
+        email="ada@example.com",
+        timezone="Europe/Paris",
+        attributes={"plan": "pro", "n": 1.5, "tags": ["a"]},
+        consent={"email": False},
+        add_device_tokens=["t1"],
+    )
+    profile = get_profile(engine, "ada")
+    assert profile is not None
+    with engine.connect() as connection:
+        [row] = connection.execute(select(*PROFILE_COLUMNS))
+    assert profile_json(row) == profile.model_dump(mode="json")
 
 
 def test_migrations_upgrade_a_store_that_already_holds_profiles(database_url: str) -> None:

@@ -8,6 +8,7 @@ click. Temporal's cost grows with pages, and continue-as-new keeps the history s
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
@@ -29,6 +30,11 @@ with workflow.unsafe.imports_passed_through():
     from parcours.definitions import Campaign
 
 PAGE_SIZE = 1000
+# Pages sent at once: one page renders and writes its ledger rows while another waits for the
+# provider's answer. Runs started before this existed send one page at a time (their history
+# has no marker for the patch).
+PAGES_IN_FLIGHT = 3
+CONCURRENT_PAGES = "concurrent-pages"
 # Provider outages are waited out, page by page, rather than failing the run.
 PAGE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=5)
@@ -68,30 +74,18 @@ class CampaignWorkflow:
             )
             campaign, self._progress = plan.campaign, CampaignProgress(audience=plan.audience)
             workflow.upsert_search_attributes([sa.CAMPAIGN.value_set(campaign.id)])
-        progress = self._progress
-        pages = 0
-        while progress.next_seq <= progress.audience:
-            if not await self._may_go_on():
-                break
-            result = await self._page(campaign, progress.next_seq)
-            if result.next_seq == progress.next_seq:
-                break  # the snapshot ends here
-            if result.held_until is not None:
-                progress.held[progress.next_seq] = result.held_until
-            progress.next_seq = result.next_seq
-            self._count(result)
-            pages += 1
-            if pages >= input.pages_per_run or workflow.info().is_continue_as_new_suggested():
-                await workflow.wait_condition(workflow.all_handlers_finished)
-                workflow.continue_as_new(
-                    CampaignInput(
-                        campaign_id=campaign.id,
-                        progress=progress,
-                        campaign=campaign,
-                        paused=self._paused,
-                        pages_per_run=input.pages_per_run,
-                    )
+        sent_in_order = self._send_pages if workflow.patched(CONCURRENT_PAGES) else self._one_by_one
+        if await sent_in_order(campaign, input.pages_per_run):
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            workflow.continue_as_new(
+                CampaignInput(
+                    campaign_id=campaign.id,
+                    progress=self._progress,
+                    campaign=campaign,
+                    paused=self._paused,
+                    pages_per_run=input.pages_per_run,
                 )
+            )
         await self._held_pass(campaign)
         if campaign.follow_up is not None and not self._cancelled:
             await self._follow_up(campaign)
@@ -109,9 +103,80 @@ class CampaignWorkflow:
         workflow.set_current_details(self._details(report.status))
         return report
 
+    async def _one_by_one(self, campaign: Campaign, budget: int) -> bool:
+        """How runs started before `CONCURRENT_PAGES` send their pages; the same contract."""
+        progress = self._progress
+        assert progress is not None
+        pages = 0
+        while progress.next_seq <= progress.audience:
+            if not await self._may_go_on():
+                break
+            result = await self._page(campaign, progress.next_seq)
+            if result.next_seq == progress.next_seq:
+                break  # the snapshot ends here
+            if result.held_until is not None:
+                progress.held[progress.next_seq] = result.held_until
+            progress.next_seq = result.next_seq
+            self._count(result)
+            pages += 1
+            if pages >= budget or workflow.info().is_continue_as_new_suggested():
+                return True
+        return False
+
+    async def _send_pages(self, campaign: Campaign, budget: int) -> bool:
+        """Send the snapshot's pages, `PAGES_IN_FLIGHT` at a time, in order of their first
+        recipient. True when this run's page budget ran out before the snapshot did (time to
+        continue as new); every page it started has finished by then."""
+        progress = self._progress
+        assert progress is not None
+        started = 0
+        ended = False
+
+        async def lane() -> None:
+            nonlocal started, ended
+            while not ended and progress.next_seq <= progress.audience:
+                if started >= budget or workflow.info().is_continue_as_new_suggested():
+                    return
+                if not await self._may_go_on():
+                    return
+                if ended or progress.next_seq > progress.audience or started >= budget:
+                    return
+                # Snapshot rows are numbered without gaps, so the next page starts a page on.
+                from_seq = progress.next_seq
+                progress.next_seq += PAGE_SIZE
+                started += 1
+                await self._reserve_pace(campaign)
+                result = await self._send_page(campaign, from_seq)
+                if result.next_seq == from_seq:
+                    ended = True  # the snapshot ends here
+                if result.held_until is not None:
+                    progress.held[from_seq] = result.held_until
+                self._count(result)
+
+        await asyncio.gather(*(lane() for _ in range(PAGES_IN_FLIGHT)))
+        progress.next_seq = min(progress.next_seq, progress.audience + 1)
+        return not ended and not self._cancelled and progress.next_seq <= progress.audience
+
+    async def _reserve_pace(self, campaign: Campaign) -> None:
+        """Take the next start the rate limit allows, then wait for it: pages in flight at
+        once each take their own slot."""
+        progress, rate = self._progress, campaign.per_second()
+        if progress is None or rate is None:
+            return
+        now = workflow.now()
+        start = max(now, progress.paced_until or now)
+        progress.paced_until = start + timedelta(seconds=PAGE_SIZE / rate)
+        if start > now:
+            await workflow.sleep(start - now, summary=f"rate limit {campaign.rate_limit}")
+
     async def _page(self, campaign: Campaign, from_seq: int, follow_up: bool = False) -> PageResult:
-        assert self._progress is not None
         await self._pace(campaign)
+        return await self._send_page(campaign, from_seq, follow_up)
+
+    async def _send_page(
+        self, campaign: Campaign, from_seq: int, follow_up: bool = False
+    ) -> PageResult:
+        assert self._progress is not None
         result: PageResult = await workflow.execute_activity(
             "send_campaign_page",
             CampaignPage(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
@@ -278,3 +279,16 @@ def _records(body: dict[str, Any], message_id: str) -> list[RecordedMail]:
             )
         )
     return mails
+
+
+def serve_until_stdin_closes() -> None:
+    """`python -m tests.fakes.sendgrid`: the fake in a process of its own, so parsing and
+    recording what it receives does not take the GIL of the process it measures
+    (bench/campaigns.py). Prints its URL and API key, serves until its stdin closes."""
+    with FakeSendGrid() as fake:
+        print(fake.url, fake.api_key, flush=True)
+        sys.stdin.read()
+
+
+if __name__ == "__main__":
+    serve_until_stdin_closes()
