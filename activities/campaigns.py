@@ -23,7 +23,7 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
-from activities import ledger, suppression
+from activities import ledger, metrics, suppression
 from activities.bound import BoundActivities
 from activities.catalog import known_segments
 from activities.channels import configured_senders
@@ -512,6 +512,7 @@ class PageSender:
         )
         with Session(self.engine) as session, session.begin():
             session.connection().execute(statement, values)
+        metrics.deliveries_settled(self.channel, (r.row["status"] for r in recipients))
 
 
 def _substituted_size(message: Outgoing | None) -> int:

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 from temporalio.client import Client
 
-from activities import ledger
+from activities import ledger, metrics
 from activities.callbacks import SignatureError
 from activities.callbacks import sendgrid as sendgrid_callbacks
 from activities.callbacks import twilio as twilio_callbacks
@@ -29,6 +29,7 @@ from activities.unsubscribe import unsubscribe
 from parcours.errors import InputError
 from parcours.records import Delivery, NewEvent, Profile
 from parcours.settings import Settings
+from starter.observability import observability_routes
 from starter.routing import send_event
 
 MAX_BATCH = 1000
@@ -83,6 +84,7 @@ def create_app(
     app = FastAPI(title="Parcours", version="1")
 
     app.state.keys = keys
+    app.include_router(observability_routes(engine, client, authorized))
 
     @app.exception_handler(InputError)
     async def input_error(_: Request, exc: InputError) -> JSONResponse:
@@ -100,7 +102,8 @@ def create_app(
     async def post_events(_: Auth, body: NewEvent | EventBatch) -> Accepted:
         events = body.events if isinstance(body, EventBatch) else [body]
         temporal = await client()
-        routed = [await send_event(temporal, engine, settings, event) for event in events]
+        with metrics.ingesting(len(events)):
+            routed = [await send_event(temporal, engine, settings, event) for event in events]
         return Accepted(
             accepted=sum(not r.duplicate for r in routed),
             duplicates=sum(r.duplicate for r in routed),

@@ -161,14 +161,11 @@ def dev(
 @friendly
 def worker(ctx: typer.Context) -> None:
     """Run a worker: the Parcours plugin on a Temporal worker."""
-    import logging
-
+    from starter import logs
     from worker.__main__ import run_worker
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     config = settings(ctx)
+    logs.configure(config.log_format or "json", config.log_level)
     try:
         asyncio.run(run_worker(config))
     except RuntimeError as exc:
@@ -185,10 +182,14 @@ def api(
     """Serve the HTTP API (SPEC §3); callers need a key from PARCOURS_API_KEYS."""
     import uvicorn
 
+    from starter import logs
     from starter.api import create_app, lazy_client
 
     config = settings(ctx)
-    uvicorn.run(create_app(config, lazy_client(config)), host=host, port=port)
+    logs.configure(config.log_format or "json", config.log_level)
+    # No log config of uvicorn's own: its records go through ours, in the same format.
+    app = create_app(config, lazy_client(config))
+    uvicorn.run(app, host=host, port=port, log_config=None)
 
 
 @app.command("apply")

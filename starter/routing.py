@@ -16,7 +16,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes, Workfl
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities import catalog
+from activities import catalog, metrics
 from activities.db import utcnow
 from activities.entries import may_enter, record_entry
 from activities.events import record_event
@@ -52,6 +52,7 @@ async def send_event(
     which must then exist and enter on this event (checked before anything is recorded)."""
     # The store blocks: keep it off the event loop that also serves Temporal calls.
     routed, entering, listening, allowed = await asyncio.to_thread(_record, engine, new, journey_id)
+    metrics.event_received(routed.duplicate)
     if routed.duplicate:
         return routed
     event = routed.event
@@ -249,6 +250,7 @@ async def _enter_or_feed(
                 ),
                 static_summary=f"{journey.name or journey.id} (v{version}) for {profile_id}",
             )
+            metrics.journey_started(journey.id)
             return workflow_id, True
         except WorkflowAlreadyStartedError:
             pass
