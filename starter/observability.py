@@ -11,9 +11,10 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import REGISTRY
+from prometheus_client.exposition import choose_encoder
 from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
@@ -49,8 +50,10 @@ def observability_routes(
         return JSONResponse(body.model_dump(), 200 if ready else 503)
 
     @router.get("/metrics", dependencies=[Depends(auth)])
-    async def metrics() -> Response:
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    async def metrics(request: Request) -> Response:
+        # Prometheus' text format, or OpenMetrics when the scraper asks for it.
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return Response(encode(REGISTRY), headers={"Content-Type": content_type})
 
     return router
 
