@@ -166,7 +166,7 @@ def create_app(
             engine,
             settings.sendgrid_webhook_public_key,
             body,
-            dict(request.headers),
+            request.headers,  # case-insensitive, as HTTP header names are
         )
         return {"applied": outcome.applied, "duplicates": outcome.duplicates}
 
