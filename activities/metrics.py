@@ -18,9 +18,12 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
 from activities.ledger import FINAL
+
+# `*_created` samples (each series' creation time) double what a scrape carries for little use.
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in the library
 
 EVENTS_RECEIVED = Counter(
     "parcours_events_received",

@@ -33,6 +33,7 @@ from activities.apply import apply_paths
 from activities.db import DeliveryRow, close_engine
 from activities.profiles import profile_update, set_profile, upsert_profiles
 from parcours import ParcoursPlugin
+from parcours.contracts import SendMessageInput
 from parcours.loader import load_paths
 from parcours.records import NewEvent
 from parcours.settings import Settings
@@ -41,7 +42,7 @@ from starter.api import create_app
 from starter.campaigns import start_run
 from starter.routing import send_event
 from tests.conftest import EXAMPLES
-from tests.delivery import with_providers
+from tests.delivery import SendGridSigner, with_providers
 from tests.fakes.sendgrid import FakeSendGrid
 from tests.journeys import finish, run_worker
 from tests.postgres import postgres_server
@@ -247,6 +248,39 @@ async def test_campaign_pages_count_every_settled_delivery_once(
         )
         > bulk
     )
+
+
+async def test_the_api_counts_what_provider_callbacks_report(
+    settings: Settings, engine: Engine
+) -> None:
+    set_profile(engine, "ada", email="ada@example.com")
+    claim = ledger.claim(
+        engine,
+        SendMessageInput(idempotency_key="k", profile_id="ada", channel="email", template="t"),
+    )
+    ledger.finish(engine, claim.delivery_id, "sent", provider="sendgrid")
+    signer = SendGridSigner()
+
+    async def no_temporal() -> Client:
+        raise AssertionError("callbacks do not need Temporal")
+
+    configured = settings.model_copy(update={"sendgrid_webhook_public_key": signer.public_key})
+    events = [
+        {"event": kind, "sg_event_id": f"ev-{kind}", "parcours_delivery_id": claim.delivery_id}
+        for kind in ("delivered", "click", "open")  # an open after a click changes nothing
+    ]
+    statuses = ("delivered", "clicked", "opened")
+    before = {s: value("parcours_deliveries_total", channel="email", status=s) for s in statuses}
+    async with asgi(create_app(configured, no_temporal, keys=[KEY]), key=None) as http:
+        for _ in range(2):  # the second time, a replay: applied once, counted once
+            body, headers = signer.sign(events)
+            answer = await http.post("/v1/webhooks/sendgrid", content=body, headers=headers)
+            assert answer.status_code == 200, answer.text
+    moved = {
+        s: value("parcours_deliveries_total", channel="email", status=s) - before[s]
+        for s in statuses
+    }
+    assert moved == {"delivered": 1, "clicked": 1, "opened": 0}
 
 
 async def test_readyz_is_ready_when_the_store_and_temporal_answer(api: httpx.AsyncClient) -> None:
