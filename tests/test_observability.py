@@ -26,6 +26,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from temporalio import activity, workflow
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
 from activities import catalog, ledger
@@ -41,6 +42,7 @@ from starter import logs
 from starter.api import create_app
 from starter.campaigns import start_run
 from starter.routing import send_event
+from starter.schedules import RECHECK_SCHEDULE_ID
 from tests.conftest import EXAMPLES
 from tests.delivery import SendGridSigner, with_providers
 from tests.fakes.sendgrid import FakeSendGrid
@@ -481,6 +483,15 @@ async def test_parcours_worker_serves_its_metrics_the_sdks_and_json_logs(
         "PARCOURS_WORKER_METRICS_ADDRESS": ours,
         "PARCOURS_TEMPORAL_METRICS_ADDRESS": sdks,
     }
+    # The worker makes the segment recheck schedule when it is missing, for its own task
+    # queue: on this shared server, take it away again so later tests make their own.
+    recheck = dev_server_env.client.get_schedule_handle(RECHECK_SCHEDULE_ID)
+    try:
+        await recheck.describe()
+        made_here = False
+    except RPCError as exc:
+        assert exc.status == RPCStatusCode.NOT_FOUND, exc
+        made_here = True
     with log.open("wb") as out:
         worker = subprocess.Popen(
             [sys.executable, "-m", "starter", "worker"], env=env, stdout=out, stderr=out
@@ -515,6 +526,8 @@ async def test_parcours_worker_serves_its_metrics_the_sdks_and_json_logs(
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(30)
+        if made_here:
+            await recheck.delete()
     assert worker.returncode == 0, log.read_text()[-2000:]
 
     records = [json.loads(line) for line in log.read_text().splitlines()]
