@@ -23,7 +23,7 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
-from activities import ledger, rendering, suppression
+from activities import ledger, metrics, rendering, suppression
 from activities.bound import BoundActivities
 from activities.catalog import known_segments
 from activities.channels import configured_senders
@@ -577,7 +577,7 @@ class PageSender:
         try:
             with self.engine.begin() as connection:
                 insert_many(connection, DELIVERIES, fresh)
-                self._write_changed(connection)
+                statuses = self._write_changed(connection)
         except IntegrityError as exc:
             # Another attempt of this page (a worker thought dead) claimed them first: the
             # next attempt finds its rows and settles against them.
@@ -587,6 +587,8 @@ class PageSender:
             ) from exc
         for r in recipients:
             r.fresh = False
+        # Counted once committed; a row held or under way is counted when it settles.
+        metrics.deliveries_settled(self.channel, [*(row["status"] for row in fresh), *statuses])
 
     def _write_outcomes(self) -> None:
         """What the provider said: one statement per request it took, and the rows it
@@ -606,12 +608,15 @@ class PageSender:
                         updated_at=utcnow(),
                     )
                 )
-            self._write_changed(connection)
+            statuses = self._write_changed(connection)
+        sent = ["sent"] * sum(len(ids) for _, _, ids in self._taken)
+        metrics.deliveries_settled(self.channel, [*sent, *statuses])
 
-    def _write_changed(self, connection: Connection) -> None:
+    def _write_changed(self, connection: Connection) -> list[str]:
+        """Write back the rows changed since; returns their statuses."""
         changed, self._changed = list(self._changed.values()), {}
         if not changed:
-            return
+            return []
         values = [
             {
                 "b_id": r.row["id"],
@@ -626,6 +631,7 @@ class PageSender:
             .values({k: bindparam(k) for k in values[0] if k != "b_id"})
         )
         connection.execute(statement, values)
+        return [r.row["status"] for r in changed]
 
 
 def _substituted_size(message: Outgoing | None) -> int:

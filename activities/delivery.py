@@ -11,7 +11,7 @@ from typing import Protocol
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import catalog, events, ledger, profiles, suppression
+from activities import catalog, events, ledger, metrics, profiles, suppression
 from activities.bound import BoundActivities
 from activities.channels import configured_senders
 from activities.channels.base import DELIVERY_TAG, Outgoing, ProviderError, Sender
@@ -45,6 +45,23 @@ class DeliveryActivities(BoundActivities):
                 "delivery %s already settled: %s", claim.delivery_id, claim.settled.status
             )
             return claim.settled
+        result = self._deliver(request, claim, now)
+        metrics.deliveries_settled(request.channel, [result.status])
+        # Ids and outcome only: reasons can quote an address, and logs are never erased.
+        activity.logger.info(
+            "delivery %s (%s %s): %s",
+            result.delivery_id,
+            request.channel,
+            request.template,
+            result.status,
+        )
+        return result
+
+    def _deliver(
+        self, request: SendMessageInput, claim: ledger.Claim, now: datetime
+    ) -> DeliveryResult:
+        """Everything after the claim, ending in the ledger's record of what happened; a
+        provider outage raises instead, for Temporal to try again."""
 
         def settle(status: DeliveryStatus, reason: str) -> DeliveryResult:
             return ledger.finish(self.engine, claim.delivery_id, status, reason=reason)

@@ -10,9 +10,9 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 
 from parcours.delivery_policy import DeliveryPolicy
 
@@ -48,6 +48,28 @@ class Settings(BaseModel):
     api_keys: list[SecretStr] = Field(default_factory=list)
     provider_timeout_seconds: float = 10.0
     delivery: DeliveryPolicy = Field(default_factory=DeliveryPolicy)
+    # `host:port` where the worker serves its Prometheus metrics, and where the Temporal SDK
+    # serves its own (two listeners: the SDK's exporter runs in its Rust core). "off": none.
+    worker_metrics_address: str | None = "127.0.0.1:9464"
+    temporal_metrics_address: str | None = "127.0.0.1:9465"
+    # None: each command's own default (JSON for `parcours worker` and `parcours api`).
+    log_format: Literal["json", "text"] | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("worker_metrics_address", "temporal_metrics_address")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None or value.strip().lower() in ("", "off"):
+            return None
+        host, sep, port = value.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected host:port (or off), got {value!r}")
+        return value.strip()
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
 
     @classmethod
     def load(
@@ -66,6 +88,8 @@ class Settings(BaseModel):
             "temporal_ui_url": ("temporal", "ui_url"),
             "task_queue": ("temporal", "task_queue"),
             "api_url": ("api", "url"),
+            "worker_metrics_address": ("worker", "metrics_address"),
+            "temporal_metrics_address": ("worker", "temporal_metrics_address"),
             "database_url": ("database", "url"),
         }
         for name, (section, key) in sections.items():
@@ -89,6 +113,10 @@ class Settings(BaseModel):
             "push_token": "PARCOURS_PUSH_TOKEN",
             "sendgrid_webhook_public_key": "SENDGRID_WEBHOOK_PUBLIC_KEY",
             "secret_key": "PARCOURS_SECRET_KEY",
+            "worker_metrics_address": "PARCOURS_WORKER_METRICS_ADDRESS",
+            "temporal_metrics_address": "PARCOURS_TEMPORAL_METRICS_ADDRESS",
+            "log_format": "PARCOURS_LOG_FORMAT",
+            "log_level": "PARCOURS_LOG_LEVEL",
         }
         for name, variable in variables.items():
             if env.get(variable):

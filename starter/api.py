@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities import ledger
+from activities import ledger, metrics
 from activities.callbacks import SignatureError
 from activities.callbacks import sendgrid as sendgrid_callbacks
 from activities.callbacks import twilio as twilio_callbacks
@@ -38,7 +38,7 @@ from parcours.loader import LoadFailed, parse_path
 from parcours.records import Delivery, NewEvent, Profile
 from parcours.settings import Settings
 from starter import api_definitions
-from starter.api_state import AppState, Auth, State
+from starter.api_state import AppState, Auth, State, authorized
 from starter.erasure import erase
 from starter.ingest import (
     EventWriter,
@@ -49,6 +49,7 @@ from starter.ingest import (
     settle,
 )
 from starter.journey_page import journey_routes
+from starter.observability import observability_routes
 from starter.routing import follow_profile_change
 
 MAX_BATCH = 1000  # events per request
@@ -205,6 +206,8 @@ def create_app(
     inflight = Inflight(max_inflight)
     writer = EventWriter(engine)
 
+    app.include_router(observability_routes(engine, client, authorized))
+
     @app.exception_handler(NotFound)
     async def not_found(_: Request, exc: NotFound) -> JSONResponse:
         return JSONResponse({"detail": exc.message}, 404)
@@ -260,9 +263,11 @@ def create_app(
             return JSONResponse({"detail": errors, "results": _dump(report)}, 422)
         inflight.take(len(good))
         try:
-            outcome, _routed = await asyncio.wait_for(
-                ingest(state.client, state.engine, state.settings, good, writer), ingest_timeout
-            )
+            with metrics.ingesting(len(good)):
+                outcome, _routed = await asyncio.wait_for(
+                    ingest(state.client, state.engine, state.settings, good, writer),
+                    ingest_timeout,
+                )
         except TimeoutError:
             raise TooBusy(503, "storing or routing took too long; retry the same ids") from None
         except RoutingFailed as exc:
@@ -371,7 +376,7 @@ def create_app(
             engine,
             settings.sendgrid_webhook_public_key,
             body,
-            dict(request.headers),
+            request.headers,  # case-insensitive, as HTTP header names are
         )
         return {"applied": outcome.applied, "duplicates": outcome.duplicates}
 

@@ -162,14 +162,11 @@ def dev(
 @friendly
 def worker(ctx: typer.Context) -> None:
     """Run a worker: the Parcours plugin on a Temporal worker."""
-    import logging
-
+    from starter import logs
     from worker.__main__ import run_worker
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     config = settings(ctx)
+    logs.configure(config.log_format or "json", config.log_level)
     try:
         asyncio.run(run_worker(config))
     except RuntimeError as exc:
@@ -204,24 +201,22 @@ def api(
     """Serve the HTTP API (SPEC §3); callers need a key from PARCOURS_API_KEYS."""
     import uvicorn
 
+    from starter import logs
     from starter.api import create_app, lazy_client
 
     config = settings(ctx)
+    logs.configure(config.log_format or "json", config.log_level)
     # Events are written on a thread while the event loop answers reads: hand the interpreter
     # lock over every 0.5 ms rather than every 5, or a read waits behind a bulk insert.
     sys.setswitchinterval(0.0005)
+    app = create_app(config, lazy_client(config))
     # Full collections scan every object; the modules and the app loaded by now never become
     # garbage, and collecting less often spares requests the pauses.
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
-    # The C HTTP parser, and the standard event loop the Temporal client is tested with.
-    uvicorn.run(
-        create_app(config, lazy_client(config)),
-        host=host,
-        port=port,
-        http="httptools",
-        loop="asyncio",
-    )
+    # The C HTTP parser, the standard event loop the Temporal client is tested with, and no
+    # log config of uvicorn's own: its records go through ours, in the same format.
+    uvicorn.run(app, host=host, port=port, http="httptools", loop="asyncio", log_config=None)
 
 
 @app.command("apply")

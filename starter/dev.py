@@ -35,6 +35,9 @@ STOP_TIMEOUT = 15.0
 WORKER_READY_LINE = "worker polling task queue"
 API_READY_LINE = "Uvicorn running on"
 API_KEY_FILE = "api.key"
+# The worker's two metrics listeners: free ports picked at start unless these are set, so two
+# stacks (or a stack and a production worker) on one machine never fight over 9464/9465.
+METRICS_VARIABLES = ("PARCOURS_WORKER_METRICS_ADDRESS", "PARCOURS_TEMPORAL_METRICS_ADDRESS")
 # Relaxed durability for a development store: measured 2.8x faster than the default here, and
 # a lost last write on power failure is acceptable on a laptop, not in production.
 SQLITE_PRAGMAS = ("journal_mode=wal", "synchronous=off")
@@ -61,6 +64,7 @@ class DevStack:
         self.apply = list(apply)
         self.logs = self.data_dir / "logs"
         self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self.metrics: dict[str, str] = {}
         self._lock: IO[str] | None = None
         self._stopping = False
 
@@ -125,6 +129,9 @@ class DevStack:
         self._spawn("temporal", self._temporal_command(), self.logs / "temporal.log")
         self._wait_for_temporal(address)
         ui_url = f"http://127.0.0.1:{self.ui_port}"
+        self.metrics = {
+            name: os.environ.get(name) or f"127.0.0.1:{_free_port()}" for name in METRICS_VARIABLES
+        }
         write_config(
             settings.config_path,
             {
@@ -152,6 +159,7 @@ class DevStack:
             f"  HTTP API         http://127.0.0.1:{self.api_port} "
             f"(Authorization: Bearer {self._api_key()})\n"
             f"  Journey pages    http://127.0.0.1:{self.api_port}/login?key={self._api_key()}\n"
+            f"  metrics          {self._metrics_urls()}\n"
             f"  data             {self.data_dir} (logs in {self.logs})\n\n"
             f"  try: parcours profiles set ada --email ada@example.com\n"
             f"       parcours events send signed_up --profile ada\n"
@@ -166,9 +174,17 @@ class DevStack:
             **os.environ,
             "PARCOURS_DATA_DIR": str(self.data_dir),
             "TEMPORAL_ADDRESS": f"127.0.0.1:{self.port}",
+            **self.metrics,
         }
         self._spawn("worker", [sys.executable, "-m", "worker"], log, env=env)
         self._wait_for_line("worker", log, WORKER_READY_LINE, start)
+
+    def _metrics_urls(self) -> str:
+        urls = [f"http://127.0.0.1:{self.api_port}/metrics (API, with the key)"]
+        for name, what in zip(METRICS_VARIABLES, ("worker", "Temporal SDK"), strict=True):
+            if self.metrics[name].lower() != "off":
+                urls.append(f"http://{self.metrics[name]}/metrics ({what})")
+        return ", ".join(urls)
 
     def _api_key(self) -> str:
         """This data dir's development key, made once and kept (0600) beside the data."""
@@ -323,6 +339,12 @@ class DevStack:
 def _type_name(key: SearchAttributeKey[Any]) -> str:
     # The CLI's names for the types: KEYWORD -> Keyword, INT -> Int.
     return key.indexed_value_type.name.capitalize()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def _port_free(port: int) -> bool:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
-from activities import catalog
+from activities import catalog, metrics
 from activities.catalog import EventRoutes
 from activities.events import mark_routed, record_events, unrouted
 from activities.segments import followed_event_types
@@ -196,6 +196,8 @@ async def ingest(
         again = event.id in waiting and event.id not in seen
         outcome.append(Routed(event, duplicate and not again))
         seen.add(event.id)
+    for routed in outcome:
+        metrics.event_received(routed.duplicate)
     pending = [r for r in outcome if not r.duplicate and needs_routing(r.event.type)]
     if not pending:
         return outcome, 0

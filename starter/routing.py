@@ -16,7 +16,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes, Workfl
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities import catalog
+from activities import catalog, metrics
 from activities.catalog import EventRoutes
 from activities.db import utcnow
 from activities.entries import may_enter, record_entry
@@ -81,6 +81,7 @@ async def send_event(
 
     # The store blocks: keep it off the event loop that also serves Temporal calls.
     routed, routes = await asyncio.to_thread(record)
+    metrics.event_received(routed.duplicate)
     if not routed.duplicate:
         await route_event(client, engine, settings, routed, routes)
         await asyncio.to_thread(mark_routed, engine, [routed.event.id], routed.entries())
@@ -310,6 +311,7 @@ async def _enter_or_feed(
                 ),
                 static_summary=f"{journey.name or journey.id} (v{version}) for {profile_id}",
             )
+            metrics.journey_started(journey.id)
             return workflow_id, True
         except WorkflowAlreadyStartedError:
             pass

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from activities import metrics
 from activities.db import DeliveryRow, ProviderEventRow, utcnow
 
 # How far a delivery has got; a callback never moves it back (an open after a click).
@@ -53,4 +54,5 @@ def advance(session: Session, delivery_id: str, status: str, reason: str | None 
     elif _PROGRESS.get(status, -1) <= _PROGRESS.get(row.status, 99):
         return False
     row.status, row.reason = status, reason if reason is not None else row.reason
+    metrics.deliveries_settled(row.channel, [status])
     return True

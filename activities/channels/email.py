@@ -10,6 +10,7 @@ from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
 
 from activities.channels.base import Outgoing, ProviderError, retry_after_seconds, unreachable
+from activities.metrics import provider_request
 
 MAX_PERSONALIZATIONS = 1000
 # Per-recipient bodies travel as substitutions of these tags.
@@ -38,10 +39,12 @@ class SendGridEmail:
         # until Temporal's own timeout, with no error that says what happened.
         self._sg.client.timeout = timeout
 
+    @provider_request("send")
     def send(self, message: Outgoing) -> str:
         """Hand the message to SendGrid and return its message id (`X-Message-Id`)."""
         return self._post(_mail_body(message, self._sender))
 
+    @provider_request("send_bulk")
     def send_bulk(self, messages: list[Outgoing], tag: dict[str, str]) -> str:
         """Send up to 1,000 rendered emails in one request; returns the request's message id.
 
@@ -77,6 +80,7 @@ class SendGridEmail:
         }
         return self._post(body)
 
+    @provider_request("lookup")
     def sent_to(self, key: str, value: str, limit: int = MAX_PERSONALIZATIONS) -> set[str] | None:
         """The addresses SendGrid holds a mail for with custom arg `key` = `value`, from its
         Email Activity API; None when that API is not available to this account."""

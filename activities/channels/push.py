@@ -9,6 +9,7 @@ import urllib.request
 from typing import Any
 
 from activities.channels.base import Outgoing, ProviderError, retry_after_seconds, unreachable
+from activities.metrics import provider_request
 
 
 class PushGateway:
@@ -22,6 +23,7 @@ class PushGateway:
         self._token = token
         self._timeout = timeout
 
+    @provider_request("send")
     def send(self, message: Outgoing) -> str:
         notification = {"body": message.text}
         if message.subject:

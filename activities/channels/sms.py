@@ -18,6 +18,7 @@ from activities.channels.base import (
     retry_after_seconds,
     unreachable,
 )
+from activities.metrics import provider_request
 
 # Twilio error codes that say something about the recipient rather than the request.
 OPTED_OUT = 21610  # "Attempt to send to unsubscribed recipient": the phone replied STOP
@@ -62,6 +63,7 @@ class TwilioSms:
             client.api.base_url = self._base_url.rstrip("/")
         return client, http
 
+    @provider_request("send")
     def send(self, message: Outgoing) -> str:
         client, http = self._client()
         options: dict[str, Any] = {"to": message.to, "body": message.text}
