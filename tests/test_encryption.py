@@ -7,17 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import json
+import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from google.protobuf import json_format
 from sqlalchemy.engine import Engine
-from temporalio.api.common.v1 import Payload
+from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -30,11 +31,13 @@ from parcours.codec import ENCODING, KEY_ID, DecryptionError, EncryptionCodec
 from parcours.contracts import JourneyPosition
 from parcours.records import NewEvent
 from parcours.settings import EncryptionKey, Settings, parse_encryption_keys
+from starter.binaries import temporal_cli
 from starter.campaigns import start_run
 from starter.routing import send_event
 from tests.delivery import with_providers
 from tests.fakes.twilio import FakeTwilio
-from tests.stack import NO_QUIET_HOURS
+from tests.history_scan import decrypted, payloads, readable
+from tests.stack import NO_QUIET_HOURS, PARCOURS, free_port, wait_until
 from workflows.journey import JourneyWorkflow
 
 OLD = "2026-05:" + base64.b64encode(b"o" * 32).decode()
@@ -106,47 +109,6 @@ async def connect(env: WorkflowEnvironment, settings: Settings) -> Client:
     )
 
 
-def readable(history_json: str) -> bytes:
-    """Everything a reader of the exported history can see: the JSON, and every base64 value
-    in it decoded (payload data is base64 in Temporal's JSON)."""
-    seen = [history_json.encode()]
-
-    def walk(value: Any) -> None:
-        if isinstance(value, dict):
-            for item in value.values():
-                walk(item)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item)
-        elif isinstance(value, str):
-            with contextlib.suppress(ValueError):
-                seen.append(base64.b64decode(value, validate=True))
-
-    walk(json.loads(history_json))
-    return b"\n".join(seen)
-
-
-def decrypted(history_json: str, codec: EncryptionCodec) -> tuple[str, set[str]]:
-    """What is readable once every encrypted payload is replaced by its clear form (what the
-    codec server gives the UI), and the key ids found."""
-    key_ids: set[str] = set()
-    encoding = base64.b64encode(ENCODING).decode()
-
-    def walk(value: Any) -> Any:
-        if isinstance(value, dict):
-            if value.get("metadata", {}).get("encoding") == encoding:
-                payload = json_format.ParseDict(value, Payload())
-                key_ids.add(payload.metadata[KEY_ID].decode())
-                return json_format.MessageToDict(codec.decrypt(payload))
-            return {k: walk(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [walk(v) for v in value]
-        return value
-
-    opened = json.dumps(walk(json.loads(history_json)))
-    return readable(opened).decode(errors="replace"), key_ids
-
-
 async def at_node(handle: WorkflowHandle[Any, Any], node: str) -> None:
     for _ in range(300):
         position = await handle.query(JourneyWorkflow.position)
@@ -179,7 +141,8 @@ async def run_journey(
     async with Worker(client, task_queue=settings.task_queue):
         await send_event(client, engine, after, NewEvent(type="order_completed", profile_id="ada"))
         handle = client.get_workflow_handle(routed.journeys[0])
-        position = JourneyPosition.model_validate(await handle.result())
+        # Bounded: a worker that cannot decrypt the history retries its task forever.
+        position = JourneyPosition.model_validate(await asyncio.wait_for(handle.result(), 60))
     assert position.finished and position.node == "done"
     return (await handle.fetch_history()).to_json()
 
@@ -192,8 +155,9 @@ async def test_an_encrypted_journey_history_holds_no_address_or_attribute_in_cle
     settings, engine = store
     history = await run_journey(dev_server_env, settings, engine, twilio, OLD, f"{NEW},{OLD}")
 
-    clear = readable(history)
-    assert [s for s in SECRETS if s.encode() in clear] == []
+    assert [s for s in SECRETS if s.encode() in readable(history)] == []
+    encrypted, clear = payloads(history)
+    assert encrypted > 10 and clear == []  # inputs, results, signals, summaries
     # The rotated keyring opens what both keys wrote, and everything is back.
     opened, key_ids = decrypted(history, EncryptionCodec(parse_encryption_keys(f"{NEW},{OLD}")))
     assert key_ids == {"2026-05", "2026-11"}
@@ -243,6 +207,7 @@ async def test_an_encrypted_campaign_history_holds_no_audience_value_in_clear(
     assert (report.audience, report.sent, sum(report.failed.values())) == (2, 1, 1)
     history = (await handle.fetch_history()).to_json()
     assert [s for s in SECRETS if s.encode() in readable(history)] == []
+    assert payloads(history)[1] == []
     opened, key_ids = decrypted(history, EncryptionCodec(parse_encryption_keys(NEW)))
     assert key_ids == {"2026-11"}
     assert CITY in opened and REFUSED_PHONE in opened
@@ -288,3 +253,112 @@ def test_the_setting_lists_the_encrypting_key_first() -> None:
     assert [k.id for k in settings.encryption_keys] == ["2026-11", "2026-05"]
     assert settings.encryption_keys[1].key.get_secret_value() == b"o" * 32
     assert "oooo" not in repr(settings)
+
+
+CODEC_KEY = "codec-test-key"
+UI_ORIGIN = "http://localhost:8233"
+
+
+@pytest.fixture
+def codec_server(tmp_path: Path) -> Iterator[str]:
+    """`parcours codec-server` as an operator runs it, with the keyring after a rotation."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "PARCOURS_DATA_DIR": str(tmp_path / "codec"),
+        "PARCOURS_ENCRYPTION_KEY": f"{NEW},{OLD}",
+        "PARCOURS_CODEC_KEYS": f"other-key,{CODEC_KEY}",
+    }
+    log = tmp_path / "codec.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [*PARCOURS, "codec-server", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(lambda: "Uvicorn running on" in log.read_text(), 30, "the codec server")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def payloads_json(*payloads: Payload) -> dict[str, Any]:
+    return json_format.MessageToDict(Payloads(payloads=payloads))
+
+
+def test_the_codec_server_encodes_and_decodes_for_a_key_holder_only(codec_server: str) -> None:
+    plain = Payload(metadata={"encoding": b"json/plain"}, data=b'"ada@example.com"')
+    headers = {"Authorization": f"Bearer {CODEC_KEY}", "X-Namespace": "default"}
+    with httpx.Client(base_url=codec_server) as http:
+        encoded = http.post("/encode", json=payloads_json(plain), headers=headers)
+        assert encoded.status_code == 200, encoded.text
+        (sealed,) = json_format.ParseDict(encoded.json(), Payloads()).payloads
+        assert sealed.metadata[KEY_ID] == b"2026-11"
+        assert b"ada@example.com" not in sealed.data
+        # The UI's form: the key in the path, no header of its own.
+        decoded = http.post(f"/{CODEC_KEY}/decode", json=payloads_json(sealed))
+        assert json_format.ParseDict(decoded.json(), Payloads()).payloads == [plain]
+        # What the retired key wrote still opens.
+        older = EncryptionCodec(parse_encryption_keys(OLD)).encrypt(plain)
+        decoded = http.post("/decode", json=payloads_json(older), headers=headers)
+        assert json_format.ParseDict(decoded.json(), Payloads()).payloads == [plain]
+
+        refused = [
+            http.post("/decode", json=payloads_json(sealed)),
+            http.post("/decode", json=payloads_json(sealed), headers={"Authorization": "Bearer x"}),
+            http.post("/wrong-key/decode", json=payloads_json(sealed)),
+            http.post("/encode", json=payloads_json(plain), headers={"Authorization": CODEC_KEY}),
+        ]
+        assert [r.status_code for r in refused] == [401] * 4
+        assert "Authorization: Bearer KEY" in refused[0].json()["detail"]
+        bad = http.post("/decode", content=b'{"payloads": 3}', headers=headers)
+        assert bad.status_code == 400 and "payloads" in bad.json()["detail"]
+        unknown = EncryptionCodec(parse_encryption_keys("gone:" + NEW.split(":")[1])).encrypt(plain)
+        gone = http.post("/decode", json=payloads_json(unknown), headers=headers)
+        assert gone.status_code == 400 and "'gone'" in gone.json()["detail"]
+
+
+def test_the_codec_server_lets_the_ui_origin_in_and_no_other(codec_server: str) -> None:
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type,x-namespace",
+    }
+    with httpx.Client(base_url=codec_server) as http:
+        allowed = http.options(f"/{CODEC_KEY}/decode", headers={"Origin": UI_ORIGIN, **preflight})
+        assert allowed.status_code == 200
+        assert allowed.headers["access-control-allow-origin"] == UI_ORIGIN
+        assert "x-namespace" in allowed.headers["access-control-allow-headers"].lower()
+        answer = http.post(
+            f"/{CODEC_KEY}/decode", json={"payloads": []}, headers={"Origin": UI_ORIGIN}
+        )
+        assert answer.headers["access-control-allow-origin"] == UI_ORIGIN
+        other = http.options(
+            f"/{CODEC_KEY}/decode", headers={"Origin": "http://evil.example", **preflight}
+        )
+        assert other.status_code == 400
+        assert "access-control-allow-origin" not in other.headers
+
+
+async def test_the_temporal_cli_shows_an_encrypted_history_through_the_codec_server(
+    dev_server_env: WorkflowEnvironment,
+    store: tuple[Settings, Engine],
+    twilio: FakeTwilio,
+    codec_server: str,
+) -> None:
+    settings, engine = store
+    await run_journey(dev_server_env, settings, engine, twilio, OLD, f"{NEW},{OLD}")
+    address = dev_server_env.client.service_client.config.target_host
+    shown = subprocess.run(
+        [
+            str(temporal_cli()), "workflow", "show", "--workflow-id", "journey:private:ada",
+            "--address", address, "--output", "json",
+            "--codec-endpoint", codec_server, "--codec-auth", f"Bearer {CODEC_KEY}",
+        ],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert [s for s in SECRETS if s.encode() not in readable(shown.stdout)] == []
+    # Without `--codec-auth` the CLI gets 401s (and retries them until its own deadline):
+    # refusals are shown over HTTP above.
