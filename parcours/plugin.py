@@ -10,6 +10,7 @@ activity twice.
 from __future__ import annotations
 
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter
 from temporalio.plugin import SimplePlugin
 
 from activities.campaigns import CampaignActivities
@@ -32,6 +33,16 @@ WORKFLOWS: list[type] = [
 ]
 
 
+def data_converter(settings: Settings) -> DataConverter:
+    """Pydantic models as JSON; encrypted when PARCOURS_ENCRYPTION_KEY is set."""
+    if not settings.encryption_keys:
+        return pydantic_data_converter
+    # Imported only here: `cryptography` stays out of processes that never encrypt.
+    from parcours.codec import encrypted_data_converter
+
+    return encrypted_data_converter(settings.encryption_keys)
+
+
 class ParcoursPlugin(SimplePlugin):
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings.load()
@@ -46,7 +57,7 @@ class ParcoursPlugin(SimplePlugin):
         finishes = FinishActivities(self.settings)
         super().__init__(
             "parcours",
-            data_converter=pydantic_data_converter,
+            data_converter=data_converter(self.settings),
             workflows=WORKFLOWS,
             activities=[
                 delivery.send_message,

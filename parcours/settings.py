@@ -6,17 +6,31 @@ the same data dir reaches the same stack without flags.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretBytes, SecretStr, ValidationError, field_validator
 
 from parcours.delivery_policy import DeliveryPolicy
 
 CONFIG_FILE = "parcours.toml"
+ENCRYPTION_VARIABLE = "PARCOURS_ENCRYPTION_KEY"
+# The Temporal UI of `temporal server start-dev`, under both names a browser may use.
+DEFAULT_CODEC_ORIGINS = ["http://localhost:8233", "http://127.0.0.1:8233"]
+
+
+class EncryptionKey(BaseModel):
+    """One AES-256 key of PARCOURS_ENCRYPTION_KEY; its id is written beside every payload it
+    encrypts, so the payload finds its key again after the key is rotated."""
+
+    id: str
+    key: SecretBytes
 
 
 class Settings(BaseModel):
@@ -46,6 +60,12 @@ class Settings(BaseModel):
     secret_key: SecretStr | None = None
     # Keys the HTTP API accepts as `Authorization: Bearer KEY`.
     api_keys: list[SecretStr] = Field(default_factory=list)
+    # Payload encryption: the first key encrypts, every key decrypts (docs/encryption.md).
+    encryption_keys: list[EncryptionKey] = Field(default_factory=list)
+    # Keys the codec server accepts; separate from the API's, since the Temporal UI shows its
+    # codec endpoint (key included) to everyone who may open the UI.
+    codec_keys: list[SecretStr] = Field(default_factory=list)
+    codec_cors_origins: list[str] = Field(default_factory=lambda: list(DEFAULT_CODEC_ORIGINS))
     provider_timeout_seconds: float = 10.0
     delivery: DeliveryPolicy = Field(default_factory=DeliveryPolicy)
     # `host:port` where the worker serves its Prometheus metrics, and where the Temporal SDK
@@ -122,10 +142,15 @@ class Settings(BaseModel):
             if env.get(variable):
                 values[name] = env[variable]
         values["delivery"] = _delivery_policy(file.get("delivery", {}), env)
-        if env.get("PARCOURS_API_KEYS"):
-            values["api_keys"] = [
-                k.strip() for k in env["PARCOURS_API_KEYS"].split(",") if k.strip()
-            ]
+        for name, variable in (
+            ("api_keys", "PARCOURS_API_KEYS"),
+            ("codec_keys", "PARCOURS_CODEC_KEYS"),
+            ("codec_cors_origins", "PARCOURS_CODEC_CORS_ORIGINS"),
+        ):
+            if env.get(variable):
+                values[name] = [k.strip() for k in env[variable].split(",") if k.strip()]
+        if env.get(ENCRYPTION_VARIABLE):
+            values["encryption_keys"] = parse_encryption_keys(env[ENCRYPTION_VARIABLE])
         return cls.model_validate(values)
 
     @property
@@ -164,6 +189,46 @@ def _pairs(variable: str, text: str) -> dict[str, str]:
             raise ValueError(f"{variable}: expected channel=value pairs, got {item!r}")
         pairs[key.strip()] = value.strip()
     return pairs
+
+
+_KEY_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+AES_KEY_BYTES = 32
+
+
+def parse_encryption_keys(text: str) -> list[EncryptionKey]:
+    """`PARCOURS_ENCRYPTION_KEY="2026-11:BASE64KEY,2026-05:OLDERKEY"`: comma-separated
+    `id:key` pairs, each key 32 random bytes in base64. Errors name the variable and the
+    entry, never the key itself."""
+    keys: list[EncryptionKey] = []
+    entries = [part.strip() for part in text.split(",") if part.strip()]
+    if not entries:
+        raise ValueError(f"{ENCRYPTION_VARIABLE}: expected id:base64key[,id:base64key...]")
+    for n, entry in enumerate(entries, start=1):
+        where = f"{ENCRYPTION_VARIABLE}: entry {n}"
+        key_id, sep, encoded = entry.partition(":")
+        key_id = key_id.strip()
+        if not sep:
+            raise ValueError(
+                f"{where}: expected id:base64key (an id, a colon, then the key), "
+                "e.g. made by `parcours encryption-key`"
+            )
+        if not _KEY_ID.match(key_id):
+            raise ValueError(
+                f"{where}: the key id {key_id!r} must be 1 to 64 letters, digits, '.', '_' or '-'"
+            )
+        try:
+            secret = base64.b64decode(encoded.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"{where} (id {key_id!r}): the key is not valid base64") from None
+        if len(secret) != AES_KEY_BYTES:
+            raise ValueError(
+                f"{where} (id {key_id!r}): the key is {len(secret)} bytes; "
+                f"expected {AES_KEY_BYTES} (an AES-256 key)"
+            )
+        if any(k.id == key_id for k in keys):
+            raise ValueError(f"{where}: the key id {key_id!r} is used twice")
+        keys.append(EncryptionKey(id=key_id, key=SecretBytes(secret)))
+    return keys
 
 
 def _read_config(path: Path) -> dict[str, Any]:

@@ -3,7 +3,6 @@ client of the app serving it."""
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
@@ -14,6 +13,7 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
 from parcours.settings import Settings
+from starter.auth import known_key
 
 
 @dataclass(frozen=True)
@@ -40,22 +40,10 @@ def state_of(request: Request) -> AppState:
 _bearer = HTTPBearer(auto_error=False, description="A key from PARCOURS_API_KEYS")
 
 
-def known_key(request: Request, given: str) -> bool:
-    # Compared in constant time, against every key, so timing tells nothing.
-    keys = state_of(request).keys
-    matches = [hmac.compare_digest(given.encode(), key.encode()) for key in keys]
-    return any(matches)
-
-
-def bearer_key(request: Request) -> str:
-    scheme, _, given = (request.headers.get("Authorization") or "").partition(" ")
-    return given if scheme.lower() == "bearer" else ""
-
-
 async def authorized(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
-    if not known_key(request, credentials.credentials if credentials else ""):
+    if not known_key(credentials.credentials if credentials else "", state_of(request).keys):
         raise HTTPException(
             401,
             "a valid `Authorization: Bearer KEY` header is required",

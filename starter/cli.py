@@ -145,6 +145,9 @@ def dev(
     port: Annotated[int, typer.Option(help="Temporal frontend port.")] = 7233,
     ui_port: Annotated[int, typer.Option(help="Temporal Web UI port.")] = 8233,
     api_port: Annotated[int, typer.Option(help="HTTP API port.")] = 8000,
+    codec_port: Annotated[
+        int, typer.Option(help="Codec server port (when PARCOURS_ENCRYPTION_KEY is set).")
+    ] = 8081,
     apply: Annotated[
         list[Path] | None, typer.Option(help="Definitions to apply once ready.")
     ] = None,
@@ -153,7 +156,12 @@ def dev(
     from starter.dev import DevStack
 
     stack = DevStack(
-        settings(ctx).data_dir, port=port, ui_port=ui_port, api_port=api_port, apply=apply or []
+        settings(ctx).data_dir,
+        port=port,
+        ui_port=ui_port,
+        api_port=api_port,
+        apply=apply or [],
+        codec_port=codec_port,
     )
     raise typer.Exit(stack.run())
 
@@ -217,6 +225,43 @@ def api(
     # The C HTTP parser, the standard event loop the Temporal client is tested with, and no
     # log config of uvicorn's own: its records go through ours, in the same format.
     uvicorn.run(app, host=host, port=port, http="httptools", loop="asyncio", log_config=None)
+
+
+@app.command("codec-server")
+@friendly
+def codec_server(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8081,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="An origin the Temporal UI is served from [PARCOURS_CODEC_CORS_ORIGINS]."
+        ),
+    ] = None,
+) -> None:
+    """Decode encrypted payloads for the Temporal UI and CLI; callers need a key from
+    PARCOURS_CODEC_KEYS (docs/encryption.md)."""
+    import uvicorn
+
+    from starter.codec_server import create_codec_app
+
+    uvicorn.run(create_codec_app(settings(ctx), origins=cors_origin), host=host, port=port)
+
+
+@app.command("encryption-key")
+@friendly
+def encryption_key(
+    key_id: Annotated[str, typer.Argument(metavar="ID", help="The new key's id, e.g. 2026-11.")],
+) -> None:
+    """Print a new `ID:KEY` entry for PARCOURS_ENCRYPTION_KEY (32 random bytes, base64)."""
+    import base64
+
+    from parcours.settings import AES_KEY_BYTES, parse_encryption_keys
+
+    entry = f"{key_id}:{base64.b64encode(os.urandom(AES_KEY_BYTES)).decode()}"
+    parse_encryption_keys(entry)  # the id is checked as the setting will check it
+    sys.stdout.write(entry + "\n")
 
 
 @app.command("apply")

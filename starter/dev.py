@@ -38,6 +38,8 @@ API_KEY_FILE = "api.key"
 # The worker's two metrics listeners: free ports picked at start unless these are set, so two
 # stacks (or a stack and a production worker) on one machine never fight over 9464/9465.
 METRICS_VARIABLES = ("PARCOURS_WORKER_METRICS_ADDRESS", "PARCOURS_TEMPORAL_METRICS_ADDRESS")
+CODEC_KEY_FILE = "codec.key"
+DEFAULT_CODEC_PORT = 8081
 # Relaxed durability for a development store: measured 2.8x faster than the default here, and
 # a lost last write on power failure is acceptable on a laptop, not in production.
 SQLITE_PRAGMAS = ("journal_mode=wal", "synchronous=off")
@@ -57,10 +59,20 @@ class StackError(Exception):
 
 class DevStack:
     def __init__(
-        self, data_dir: Path, *, port: int, ui_port: int, api_port: int, apply: Sequence[Path]
+        self,
+        data_dir: Path,
+        *,
+        port: int,
+        ui_port: int,
+        api_port: int,
+        apply: Sequence[Path],
+        codec_port: int = DEFAULT_CODEC_PORT,
     ) -> None:
         self.data_dir = data_dir.absolute()
         self.port, self.ui_port, self.api_port = port, ui_port, api_port
+        self.codec_port = codec_port
+        # Set when PARCOURS_ENCRYPTION_KEY is: the codec server the UI decodes through.
+        self.codec_url: str | None = None
         self.apply = list(apply)
         self.logs = self.data_dir / "logs"
         self.children: dict[str, subprocess.Popen[bytes]] = {}
@@ -109,19 +121,26 @@ class DevStack:
         raise KeyboardInterrupt
 
     def _start(self) -> None:
-        for name, port, option in (
+        settings = Settings.load(self.data_dir)
+        ports = [
             ("Temporal", self.port, "--port"),
             ("Temporal UI", self.ui_port, "--ui-port"),
             ("HTTP API", self.api_port, "--api-port"),
-        ):
+        ]
+        if settings.encryption_keys:
+            ports.append(("codec server", self.codec_port, "--codec-port"))
+        for name, port, option in ports:
             if not _port_free(port):
                 raise StackError(
                     f"port {port} ({name}) is in use: stop what uses it or pick another with {option}"
                 )
-        settings = Settings.load(self.data_dir)
         from activities.db import engine_for
 
         engine_for(settings.database_url)  # migrate before anything else writes
+        if settings.encryption_keys:
+            # Before Temporal: its UI is told where the codec server is when it starts.
+            console.print(f"starting codec server on 127.0.0.1:{self.codec_port}")
+            self._start_codec_server()
         address = f"127.0.0.1:{self.port}"
         console.print(
             f"starting Temporal dev server on {address} (store: {self.data_dir / 'temporal.db'})"
@@ -160,7 +179,13 @@ class DevStack:
             f"(Authorization: Bearer {self._api_key()})\n"
             f"  Journey pages    http://127.0.0.1:{self.api_port}/login?key={self._api_key()}\n"
             f"  metrics          {self._metrics_urls()}\n"
-            f"  data             {self.data_dir} (logs in {self.logs})\n\n"
+            + (
+                f"  codec server     http://127.0.0.1:{self.codec_port} "
+                f"(payloads are encrypted; the Web UI decodes through it)\n"
+                if self.codec_url
+                else ""
+            )
+            + f"  data             {self.data_dir} (logs in {self.logs})\n\n"
             f"  try: parcours profiles set ada --email ada@example.com\n"
             f"       parcours events send signed_up --profile ada\n"
             f"       parcours deliveries\n\n"
@@ -207,6 +232,36 @@ class DevStack:
         self._spawn("api", command, log, env=env)
         self._wait_for_line("api", log, API_READY_LINE, start)
 
+    def _codec_key(self, settings: Settings) -> str:
+        """The key in the UI's codec endpoint: PARCOURS_CODEC_KEYS's first, or one made once
+        for this data dir (never the API's: the UI shows the endpoint to all its users)."""
+        if settings.codec_keys:
+            return settings.codec_keys[0].get_secret_value()
+        path = self.data_dir / CODEC_KEY_FILE
+        if not path.exists():
+            path.write_text(f"codec-{secrets.token_urlsafe(24)}")
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    def _start_codec_server(self) -> None:
+        settings = Settings.load(self.data_dir)
+        key = self._codec_key(settings)
+        log = self.logs / "codec.log"
+        start = log.stat().st_size if log.exists() else 0
+        origins = [f"http://127.0.0.1:{self.ui_port}", f"http://localhost:{self.ui_port}"]
+        env = {
+            **os.environ,
+            "PARCOURS_DATA_DIR": str(self.data_dir),
+            "PARCOURS_CODEC_KEYS": ",".join(
+                [key, *(k.get_secret_value() for k in settings.codec_keys[1:])]
+            ),
+            "PARCOURS_CODEC_CORS_ORIGINS": ",".join([*origins, *settings.codec_cors_origins]),
+        }
+        command = [sys.executable, "-m", "starter", "codec-server", "--port", str(self.codec_port)]
+        self._spawn("codec", command, log, env=env)
+        self._wait_for_line("codec", log, API_READY_LINE, start)
+        self.codec_url = f"http://127.0.0.1:{self.codec_port}/{key}"
+
     def _temporal_command(self) -> list[str]:
         command = [
             str(temporal_cli()), "server", "start-dev",
@@ -221,6 +276,8 @@ class DevStack:
             command += ["--sqlite-pragma", pragma]
         for key in sa.ALL:
             command += ["--search-attribute", f"{key.name}={_type_name(key)}"]
+        if self.codec_url:
+            command += ["--ui-codec-endpoint", self.codec_url]
         return command
 
     def _spawn(
@@ -304,6 +361,9 @@ class DevStack:
             if self.children["api"].poll() is not None:
                 console.print("the HTTP API exited: starting it again")
                 self._start_api()
+            if "codec" in self.children and self.children["codec"].poll() is not None:
+                console.print("the codec server exited: starting it again")
+                self._start_codec_server()
             worker = self.children["worker"]
             if worker.poll() is not None:
                 # A crashed worker loses nothing (Temporal keeps every entry), so bring a new
@@ -320,7 +380,7 @@ class DevStack:
 
     def _stop(self) -> None:
         # The worker first, so it finishes its tasks while Temporal can still record them.
-        for name in ("api", "worker", "temporal"):
+        for name in ("api", "worker", "temporal", "codec"):
             process = self.children.pop(name, None)
             if process is None or process.poll() is not None:
                 continue

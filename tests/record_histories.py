@@ -3,8 +3,10 @@
 Run it after a deliberate change to workflow code, once the change is guarded with
 `workflow.patched` so the histories recorded before it still replay (see
 docs/changing-workflows.md). Each scenario walks a profile through an example journey on the
-time-skipping server and writes its history to tests/histories/; one runs the weekly-digest
-campaign (`--only campaign-weekly-digest` records it alone).
+time-skipping server and writes its history to tests/histories/; others run the weekly-digest
+campaign, what its schedule starts (a run, or a skip while one is still going) and the segment
+re-check (`--only NAME`, repeatable, records only those). tests/test_replay.py fails when a
+workflow type registered by the plugin has no history here.
 
     python tests/record_histories.py --tag finish    # writes welcome-finish.json, ...
 
@@ -28,10 +30,12 @@ from temporalio.worker import Worker
 
 from activities import catalog
 from activities.apply import apply_paths
+from activities.campaigns import running_runs
 from activities.db import engine_for
+from activities.events import record_event
 from activities.profiles import profile_update, set_profile, upsert_profiles
 from activities.segments import refresh_profile
-from parcours.contracts import JourneyInput
+from parcours.contracts import CampaignInput, JourneyInput
 from parcours.plugin import ParcoursPlugin
 from parcours.records import NewEvent
 from parcours.settings import Settings
@@ -39,7 +43,9 @@ from starter.binaries import temporal_test_server
 from starter.campaigns import start_run as start_campaign
 from starter.routing import route_transitions, send_event
 from starter.search_attributes import register
+from workflows.campaign import CampaignScheduleWorkflow, CampaignWorkflow
 from workflows.journey import JourneyWorkflow
+from workflows.segment_recheck import SegmentRecheckWorkflow
 
 ROOT = Path(__file__).parent.parent
 HISTORIES = Path(__file__).parent / "histories"
@@ -68,6 +74,13 @@ WAIT_HISTORY_LIMIT = 30
 # A campaign run: snapshot, pages paced by the rate limit, the follow-up, the report.
 CAMPAIGN = "campaign-weekly-digest"
 CAMPAIGN_AUDIENCE = 2500
+# What a campaign's Schedule starts: a run, or nothing while the previous run still goes.
+SCHEDULE_STARTS = "campaign-schedule-starts"
+SCHEDULE_SKIPS = "campaign-schedule-skips"
+# The segment re-check schedule's workflow, with a member whose window has lapsed.
+RECHECK = "segment-recheck"
+RECHECK_SEGMENT = "kind: segment\nid: recent-buyers-30d\nrule: {event: order, within: 30d}\n"
+SPECIAL = [WAIT_CONTINUES, CAMPAIGN, SCHEDULE_STARTS, SCHEDULE_SKIPS, RECHECK]
 
 
 def history_path(name: str, tag: str) -> Path:
@@ -77,15 +90,18 @@ def history_path(name: str, tag: str) -> Path:
     return path
 
 
-async def record(tag: str, only: str | None = None) -> None:
+async def record(tag: str, only: list[str] | None = None) -> None:
+    unknown = set(only or []) - {*SCENARIOS, *SPECIAL}
+    if unknown:
+        raise SystemExit(f"no scenario named {', '.join(sorted(unknown))}")
     HISTORIES.mkdir(exist_ok=True)
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=str(temporal_test_server())
     )
     try:
         await register(env.client)
-        for name, events in [*SCENARIOS.items(), (WAIT_CONTINUES, []), (CAMPAIGN, [])]:
-            if only and name != only:
+        for name, events in [*SCENARIOS.items(), *((n, []) for n in SPECIAL)]:
+            if only and name not in only:
                 continue
             data = Path(tempfile.mkdtemp())
             settings = Settings.load(data, env={}).model_copy(
@@ -106,8 +122,14 @@ async def record(tag: str, only: str | None = None) -> None:
             config["plugins"] = [ParcoursPlugin(settings)]
             client = Client(**config)
             async with Worker(client, task_queue=settings.task_queue):
-                if name == CAMPAIGN:
-                    history = await campaign_run(client, engine, settings)
+                special = {
+                    CAMPAIGN: campaign_run,
+                    SCHEDULE_STARTS: schedule_starts,
+                    SCHEDULE_SKIPS: schedule_skips,
+                    RECHECK: recheck,
+                }.get(name)
+                if special is not None:
+                    history = await special(env, client, engine, settings)
                     history_path(name, tag).write_text(history.to_json())
                     print(f"recorded {name}: {len(history.events)} events")
                     continue
@@ -141,7 +163,9 @@ async def record(tag: str, only: str | None = None) -> None:
         await env.shutdown()
 
 
-async def campaign_run(client: Client, engine: Engine, settings: Settings) -> WorkflowHistory:
+async def campaign_run(
+    env: WorkflowEnvironment, client: Client, engine: Engine, settings: Settings
+) -> WorkflowHistory:
     """The weekly digest over a few pages, paced by its rate limit, with its follow-up."""
     upsert_profiles(
         engine,
@@ -154,6 +178,71 @@ async def campaign_run(client: Client, engine: Engine, settings: Settings) -> Wo
     )
     handle = await start_campaign(client, engine, settings, "weekly-digest")
     await handle.result()
+    return await handle.fetch_history()
+
+
+async def schedule_starts(
+    env: WorkflowEnvironment, client: Client, engine: Engine, settings: Settings
+) -> WorkflowHistory:
+    """The schedule's workflow, started as the schedule would while no run is going: it
+    starts the run as a child and ends."""
+    handle = await client.start_workflow(
+        CampaignScheduleWorkflow.run,
+        "weekly-digest",
+        id=f"campaign:weekly-digest:scheduled-{uuid.uuid4().hex[:8]}",
+        task_queue=settings.task_queue,
+    )
+    run_id = await handle.result()
+    assert run_id is not None
+    # The run is left to itself (abandoned by its parent): see it end before the worker goes.
+    run = client.get_workflow_handle(run_id)
+    while (await run.describe()).status == WorkflowExecutionStatus.RUNNING:
+        await env.sleep(timedelta(hours=1))
+    return await handle.fetch_history()
+
+
+async def schedule_skips(
+    env: WorkflowEnvironment, client: Client, engine: Engine, settings: Settings
+) -> WorkflowHistory:
+    """The schedule's workflow while a (paused) run is still going: it starts nothing."""
+    run = await client.start_workflow(
+        CampaignWorkflow.run,
+        CampaignInput(campaign_id="weekly-digest", paused=True),
+        id="campaign:weekly-digest:still-going",
+        task_queue=settings.task_queue,
+    )
+    while not running_runs(engine, "weekly-digest"):
+        await asyncio.sleep(0.1)
+    handle = await client.start_workflow(
+        CampaignScheduleWorkflow.run,
+        "weekly-digest",
+        id=f"campaign:weekly-digest:scheduled-{uuid.uuid4().hex[:8]}",
+        task_queue=settings.task_queue,
+    )
+    assert await handle.result() is None
+    await run.signal(CampaignWorkflow.cancel)
+    while (await run.describe()).status == WorkflowExecutionStatus.RUNNING:
+        await asyncio.sleep(0.1)
+    return await handle.fetch_history()
+
+
+async def recheck(
+    env: WorkflowEnvironment, client: Client, engine: Engine, settings: Settings
+) -> WorkflowHistory:
+    """One re-check that finds ada's 30-day window lapsed."""
+    definitions = Path(tempfile.mkdtemp()) / "segment.yaml"
+    definitions.write_text(RECHECK_SEGMENT)
+    apply_paths(engine, [definitions])
+    then = datetime.now(UTC) - timedelta(days=31)
+    record_event(engine, NewEvent(type="order", profile_id="ada", timestamp=then))
+    refresh_profile(engine, "ada", event_type="order", now=then)
+    handle = await client.start_workflow(
+        SegmentRecheckWorkflow.run,
+        id=f"parcours:segments:recheck-{uuid.uuid4().hex[:8]}",
+        task_queue=settings.task_queue,
+    )
+    result = await handle.result()
+    assert (result.entered, result.exited) == (0, 1), result
     return await handle.fetch_history()
 
 
@@ -193,7 +282,11 @@ async def wait_continues(
 def main() -> None:
     parser = argparse.ArgumentParser(description="Record the histories the replay test runs.")
     parser.add_argument("--tag", default="", help="suffix for the new files' names")
-    parser.add_argument("--only", help="record this scenario alone (e.g. campaign-weekly-digest)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        help="record only this scenario (repeatable), e.g. campaign-weekly-digest",
+    )
     args = parser.parse_args()
     asyncio.run(record(args.tag, args.only))
 

@@ -53,6 +53,7 @@ class DevStack:
         self.data_dir = data_dir
         self.extra_env = env or {}
         self.port, self.ui_port, self.api_port = free_port(), free_port(), free_port()
+        self.codec_port = free_port()  # used when the env sets PARCOURS_ENCRYPTION_KEY
         self.apply = apply
         self.process: subprocess.Popen[bytes] | None = None
         self.output = data_dir.parent / f"dev-{self.port}.out"
@@ -74,6 +75,7 @@ class DevStack:
             "--port", str(self.port),
             "--ui-port", str(self.ui_port),
             "--api-port", str(self.api_port),
+            "--codec-port", str(self.codec_port),
         ]  # fmt: skip
         for path in self.apply:
             command += ["--apply", str(path)]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import signal
 from collections.abc import Iterator
@@ -14,6 +16,7 @@ from temporalio.client import Client
 
 from parcours import search_attributes as sa
 from tests.conftest import EXAMPLES
+from tests.history_scan import payloads, readable
 from tests.stack import DevStack, alive, wait_until
 
 pytestmark = pytest.mark.devserver
@@ -140,3 +143,44 @@ def test_a_killed_temporal_server_keeps_the_waiting_journey(stack: DevStack) -> 
         lambda: len(d := stack.deliveries("cy")) == 2 and d, 60, "the second message"
     )
     assert [d["subject"] for d in deliveries] == ["Ping first", "Ping second"]
+
+
+def test_with_a_key_dev_encrypts_and_the_ui_decodes_through_its_codec_server(
+    tmp_path: Path,
+) -> None:
+    key = "2026-11:" + base64.b64encode(b"n" * 32).decode()
+    stack = DevStack(tmp_path / "data", EXAMPLES, env={"PARCOURS_ENCRYPTION_KEY": key}).start()
+    try:
+        codec_key = (stack.data_dir / "codec.key").read_text().strip()
+        assert codec_key != (stack.data_dir / "api.key").read_text().strip()
+        assert f"codec server     http://127.0.0.1:{stack.codec_port}" in stack.text()
+        # What the Web UI is told at start, and then calls from the browser.
+        ui = f"http://127.0.0.1:{stack.ui_port}"
+        endpoint = httpx.get(f"{ui}/api/v1/settings").json()["Codec"]["Endpoint"]
+        assert endpoint == f"http://127.0.0.1:{stack.codec_port}/{codec_key}"
+
+        stack.cli(
+            "profiles", "set", "ada", "--email", "ada@example.com", "--attr", "first_name=Ada"
+        )
+        stack.cli("events", "send", "signed_up", "--profile", "ada")
+        wait_until(lambda: stack.deliveries("ada"), 30, "the welcome email")
+
+        async def history() -> str:
+            client = await Client.connect(f"127.0.0.1:{stack.port}")  # no keyring: as the server
+            return (
+                await client.get_workflow_handle("journey:welcome:ada").fetch_history()
+            ).to_json()
+
+        exported = asyncio.run(history())
+        encrypted, clear = payloads(exported)
+        assert encrypted > 0 and clear == []
+        first = json.loads(exported)["events"][0]
+        sealed = first["workflowExecutionStartedEventAttributes"]["input"]
+        decoded = httpx.post(
+            f"{endpoint}/decode", json=sealed, headers={"Origin": ui, "X-Namespace": "default"}
+        )
+        assert decoded.status_code == 200
+        assert decoded.headers["access-control-allow-origin"] == ui
+        assert b"welcome-email" in readable(decoded.text)
+    finally:
+        stack.stop()

@@ -38,6 +38,8 @@ class FakeTwilio(FakeProvider[RecordedSms]):
         self.auth_token = auth_token
         # Phones that replied STOP: Twilio itself refuses to message them (error 21610).
         self.unsubscribed: set[str] = set()
+        # Well-formed numbers Twilio still refuses as invalid (its test number +15005550001).
+        self.invalid: set[str] = set()
 
     def handle(self, request: Request) -> Reply:
         match = _PATH.match(request.path)
@@ -57,7 +59,7 @@ class FakeTwilio(FakeProvider[RecordedSms]):
         to, body = form.get("To", ""), form.get("Body", "")
         if not form.get("From") and not form.get("MessagingServiceSid"):
             return _error(400, 21603, "A 'From' or 'MessagingServiceSid' parameter is required")
-        if not _E164.match(to):
+        if not _E164.match(to) or to in self.invalid:
             return _error(400, 21211, f"The 'To' number {to} is not a valid phone number.")
         if not body:
             return _error(400, 21602, "Message body is required.")
