@@ -404,7 +404,10 @@ def _event_from_json(obj: dict[str, Any]) -> NewEvent:
 def _no_unknown_fields(obj: dict[str, Any], known: tuple[str, ...]) -> None:
     unknown = [name for name in obj if name not in known]
     if unknown:
-        raise InputError(unknown[0], f"unknown field; expected one of {', '.join(known)}")
+        # Quoted, so an empty or blank name still reads as a name.
+        raise InputError(
+            unknown[0], f"unknown field {unknown[0]!r}; expected one of {', '.join(known)}"
+        )
 
 
 def _typed(obj: dict[str, Any], name: str, kind: type, expected: str) -> Any:

@@ -204,7 +204,7 @@ def test_jsonl_profiles_with_consent_and_unknown_fields(engine: Engine, tmp_path
     path = write(tmp_path / "p.jsonl", text)
     summary = import_profiles(engine, path)
     assert [str(e) for e in summary.errors] == [
-        "line 3: nickname: unknown field; expected one of id, email, phone, timezone, locale, "
+        "line 3: nickname: unknown field 'nickname'; expected one of id, email, phone, timezone, locale, "
         "attributes, consent, device_tokens",
         "line 4: attributes: expected an object, got ['not', 'an', 'object']",
         "line 5: consent.email: expected true or false, got 'no'",
@@ -245,7 +245,7 @@ def test_jsonl_events_import_with_duplicates(engine: Engine, tmp_path: Path) -> 
         "line 6: type: 'bad type' is not an event type: expected no spaces",
         "line 7: type: missing",
         "line 8: timestamp: 'yesterday' is not an RFC 3339 datetime (e.g. 2026-01-31T09:00:00Z)",
-        "line 9: user: unknown field; expected one of id, type, profile_id, timestamp, properties",
+        "line 9: user: unknown field 'user'; expected one of id, type, profile_id, timestamp, properties",
         "line 10: profile_id: ' ada' has spaces around it or control characters in it",
     ]
     assert (summary.lines, summary.accepted, summary.duplicates, summary.failed) == (10, 3, 2, 5)
