@@ -5,13 +5,15 @@ A template that does not render fails its delivery with the reason; it never fai
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache, lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, TemplateError, Undefined
 from jinja2 import Template as JinjaTemplate
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from activities.unsubscribe import unsubscribe_url
@@ -31,11 +33,58 @@ class Rendered:
     html: str | None
 
 
+# Errors a template can raise on its own inside the sandbox (`1/0`, a runaway macro, a huge
+# `range|list`): each fails its delivery like any template error, never the activity.
+_RENDER_ERRORS = (
+    TemplateError,
+    ArithmeticError,
+    LookupError,
+    TypeError,
+    ValueError,
+    RecursionError,
+    MemoryError,
+)
+# The largest string or list `*` may build, and the largest exponent and result of `**`.
+_MAX_PRODUCT, _MAX_EXPONENT, _MAX_DIGITS = 100_000, 100, 1000
+
+
+class _MessageSandbox(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox, minus ways to show Python objects' insides (string
+    formatting methods print any object's repr; a function printed instead of called) and to
+    exhaust the worker (`'a' * 10**12`, `10 ** 10 ** 10`)."""
+
+    intercepted_binops = frozenset(["*", "**"])
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(left, int | float) and isinstance(right, int):
+            digits = abs(right) * math.log10(abs(left)) if abs(left) > 1 else 0
+            if abs(right) > _MAX_EXPONENT or digits > _MAX_DIGITS:
+                raise SecurityError(f"{left} ** {right} is too large")
+        if operator == "*":
+            sized, count = (left, right) if isinstance(left, str | list | tuple) else (right, left)
+            sequence = isinstance(sized, str | list | tuple) and isinstance(count, int)
+            if sequence and len(sized) * count > _MAX_PRODUCT:
+                raise SecurityError(f"`*` would build over {_MAX_PRODUCT:,} items")
+        return super().call_binop(context, operator, left, right)
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        # Jinja hands out a sandboxed `str.format` before asking `is_safe_attribute`.
+        if isinstance(obj, str) and attribute in ("format", "format_map"):
+            return self.unsafe_undefined(obj, attribute)
+        return super().getattr(obj, attribute)
+
+
+def _printable(value: Any) -> Any:
+    if callable(value) and not isinstance(value, Undefined):
+        raise SecurityError(f"{value.__class__.__name__} printed instead of called")
+    return value
+
+
 @cache
 def _environment(autoescape: bool) -> ImmutableSandboxedEnvironment:
     # Sandboxed because template authors are not the people who run the worker; strict so a
     # misspelt variable fails loudly instead of sending "Hello ," to a customer.
-    return ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=autoescape)
+    return _MessageSandbox(undefined=StrictUndefined, autoescape=autoescape, finalize=_printable)
 
 
 def template_context(
@@ -156,7 +205,7 @@ class MessageRenderer:
         try:
             context = environment.context_class(environment, shared, compiled.name, compiled.blocks)
             return environment.concat(compiled.root_render_func(context))
-        except TemplateError as exc:
+        except _RENDER_ERRORS as exc:
             raise RenderError(f"template {self.template.id!r} {part}: {exc}") from exc
 
 
@@ -164,5 +213,5 @@ def render_text(name: str, source: str, context: dict[str, Any]) -> str:
     """One template string outside a message (a webhook body), with the same sandbox."""
     try:
         return _compiled(source, False).render(context)
-    except TemplateError as exc:
+    except _RENDER_ERRORS as exc:
         raise RenderError(f"{name}: {exc}") from exc
