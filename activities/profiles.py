@@ -29,7 +29,8 @@ from sqlalchemy.orm import Session
 
 from activities.db import ProfileRow, utcnow
 from parcours.errors import InputError
-from parcours.records import Profile, nul_at
+from parcours.json_values import nul_at
+from parcours.records import Profile
 
 CHANNELS = ("email", "sms", "push")
 T = TypeVar("T")

@@ -10,9 +10,18 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from parcours.durations import Duration, parse_duration
+from parcours.json_values import nul_at
 
 Scalar = str | int | float | bool
 Op = Literal[
@@ -48,6 +57,15 @@ class _Rule(BaseModel):
 class _Comparison(_Rule):
     op: Op
     value: Any = None
+
+    @field_validator("value")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        # Compared in SQL: PostgreSQL refuses a NUL in a string, so say so here, by name.
+        where = nul_at(value, "value")
+        if where:
+            raise ValueError(f"{where} holds a NUL character (\\u0000), which cannot be compared")
+        return value
 
     @model_validator(mode="after")
     def _operand_fits_operator(self) -> _Comparison:

@@ -73,10 +73,6 @@ def test_like_wildcards_are_literal(engine: Engine, value: str) -> None:
 
 
 @pytest.mark.parametrize("where", ["value", "in", "between"])
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by this suite: rule values accept NUL, which PostgreSQL refuses at query time (issue 8)",
-)
 def test_a_nul_character_in_a_rule_value_is_rejected_by_name(where: str) -> None:
     rule: dict[str, Any] = {
         "value": {"attribute": "plan", "op": "eq", "value": "a\x00b"},
