@@ -44,10 +44,12 @@ chromium:
 		echo "installing Debian's chromium package for the journey page test"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
-# Every benchmark script rewrites its own section of docs/benchmarks.md.
+# Every benchmark script rewrites its own section of docs/benchmarks.md; bench.report then
+# gathers every goal into the table at the top.
 BENCHMARKS := $(filter-out bench/__init__.py bench/report.py,$(wildcard bench/*.py))
 bench: $(STAMP)
 	for b in $(BENCHMARKS); do $(BIN)/python $$b || exit 1; done
+	$(BIN)/python -m bench.report
 
 # Record the histories the replay test runs (see docs/changing-workflows.md).
 histories: $(STAMP)

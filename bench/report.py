@@ -56,3 +56,59 @@ def command() -> str:
     python = Path(sys.executable)
     shown = python.relative_to(ROOT) if python.is_relative_to(ROOT) else python
     return shlex.join([str(shown), *sys.argv])
+
+
+SUMMARY = "## Goals at a glance"
+
+
+def summarize(path: Path) -> str:
+    """One table of every figure that has a goal, gathered from the sections the benchmarks
+    wrote, with whether it is met; put first in the file."""
+    rows: list[str] = []
+    section = ""
+    header: list[str] = []
+    for line in path.read_text().splitlines():
+        if line.startswith("## "):
+            section, header = line[3:], []
+            continue
+        if not line.startswith("|") or section == SUMMARY[3:]:
+            header = []  # a table ends at the first line that is not one of its rows
+            continue
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if not header:
+            header = cells
+            continue
+        verdict = next((c for c in cells if c in ("met", "**missed**")), None)
+        if verdict is None or "goal" not in header:
+            continue
+        goal = header.index("goal")
+        figure = cells[0] + (f" ({cells[1]})" if header[1] == "store" else "")
+        rows.append(f"| {section} | {figure} | {cells[goal]} | {cells[goal + 1]} | {verdict} |")
+    missed = sum("**missed**" in r for r in rows)
+    table = "\n".join(
+        [
+            f"{SUMMARY}\n",
+            f"{len(rows) - missed} goals met, {missed} missed. Each figure comes from the "
+            "section below that measured it (median of the rounds; spreads, baselines, "
+            "machine and command there).\n",
+            "| benchmark | figure | goal | median | |",
+            "|---|---|---|---|---|",
+            *rows,
+        ]
+    )
+    return table + "\n"
+
+
+def write_summary(path: Path) -> None:
+    text = path.read_text()
+    summary = summarize(path)
+    if SUMMARY in text:
+        write_docs(path, SUMMARY, summary)
+        return
+    title_end = text.index("\n## ") + 1 if "\n## " in text else len(text)
+    path.write_text(text[:title_end] + summary + "\n" + text[title_end:])
+
+
+if __name__ == "__main__":
+    write_summary(ROOT / "docs" / "benchmarks.md")
+    print((ROOT / "docs" / "benchmarks.md").read_text().split("\n## ")[1])
