@@ -13,7 +13,8 @@ the same ids routes whatever was not routed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
@@ -123,19 +124,23 @@ class TooBusy(Exception):
 
 
 class Inflight:
-    """Events accepted for storing and routing and not finished yet, over all requests."""
+    """Events accepted for storing and routing and not finished yet, over all requests (the
+    ingest queue depth of the metrics)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.count = 0
 
-    def take(self, n: int) -> None:
+    @contextlib.contextmanager
+    def holding(self, n: int) -> Iterator[None]:
         if self.count and self.count + n > self.limit:
             raise TooBusy(429, f"{self.count} events are being taken in already; retry shortly")
         self.count += n
-
-    def give_back(self, n: int) -> None:
-        self.count -= n
+        try:
+            with metrics.ingesting(n):
+                yield
+        finally:
+            self.count -= n
 
 
 class BodyLimit:
@@ -261,10 +266,9 @@ def create_app(
         if not good:
             errors = [e.model_dump() for r in report.results for e in r.errors]
             return JSONResponse({"detail": errors, "results": _dump(report)}, 422)
-        inflight.take(len(good))
         try:
-            with metrics.ingesting(len(good)):
-                outcome, _routed = await asyncio.wait_for(
+            with inflight.holding(len(good)):
+                outcome = await asyncio.wait_for(
                     ingest(state.client, state.engine, state.settings, good, writer),
                     ingest_timeout,
                 )
@@ -274,8 +278,6 @@ def create_app(
             raise _temporal_busy(exc.cause) from exc
         except (RPCError, RuntimeError) as exc:  # Temporal unreachable while connecting
             raise _temporal_busy(exc) from exc
-        finally:
-            inflight.give_back(len(good))
         answer = await asyncio.to_thread(lambda: settle(report, outcome).model_dump_json())
         return Response(answer, 202, media_type="application/json")
 

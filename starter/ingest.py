@@ -114,11 +114,6 @@ class EventWriter:
         self._queue: list[tuple[Sequence[NewEvent], list[bool], asyncio.Future[Any]]] = []
         self._writing = False
 
-    @property
-    def depth(self) -> int:
-        """Events waiting for the next transaction."""
-        return sum(len(events) for events, _, _ in self._queue)
-
     async def write(
         self, events: Sequence[NewEvent], to_route: list[bool]
     ) -> list[tuple[Event, bool]]:
@@ -163,10 +158,9 @@ async def ingest(
     settings: Settings,
     events: Sequence[NewEvent],
     writer: EventWriter | None = None,
-) -> tuple[list[Routed], int]:
+) -> list[Routed]:
     """Store the events (through `writer` when given), then route them. Returns each event's
-    outcome, in order, and how many were routed. Raises RoutingFailed when some stored events
-    could not be routed."""
+    outcome, in order. Raises RoutingFailed when some stored events could not be routed."""
 
     def lookup(types: set[str]) -> tuple[dict[str, EventRoutes], frozenset[str]]:
         return catalog.routes_for_events(engine, types), followed_event_types(engine)
@@ -200,7 +194,7 @@ async def ingest(
         metrics.event_received(routed.duplicate)
     pending = [r for r in outcome if not r.duplicate and needs_routing(r.event.type)]
     if not pending:
-        return outcome, 0
+        return outcome
 
     by_profile: dict[str, list[Routed]] = defaultdict(list)
     for routed in pending:
@@ -229,4 +223,4 @@ async def ingest(
     failure = next((r for r in results if isinstance(r, BaseException)), None)
     if failure is not None:
         raise RoutingFailed(len(outcome), len(pending) - len(done), failure)
-    return outcome, len(done)
+    return outcome
