@@ -4,6 +4,7 @@ same `apply` as `parcours apply`, and the journey and campaign controls of the C
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
@@ -13,6 +14,7 @@ from temporalio.service import RPCError
 from activities import catalog
 from activities.apply import apply_documents
 from activities.campaigns import run_reports
+from activities.catalog import Published
 from parcours.definitions import Campaign, Journey, Segment, Template
 from starter import campaigns as campaign_control
 from starter import lifecycle
@@ -21,16 +23,9 @@ from starter.api_state import Auth, State
 router = APIRouter(prefix="/v1")
 
 
-class Published(BaseModel):
-    kind: Literal["segment", "template", "journey", "campaign"]
-    id: str
-    outcome: Literal["created", "updated", "unchanged"]
-    version: int | None = None
-    status: str | None = None
-
-
+@dataclass(frozen=True)
 class CampaignPublished(Published):
-    schedule: Literal["synced", "pending", "none"]
+    schedule: Literal["synced", "pending", "none"] = "none"
 
 
 class JourneyStatus(BaseModel):
@@ -48,7 +43,7 @@ async def _apply(
     path_id: str | None,
     definition: Segment | Template | Journey | Campaign,
     **kw: Any,
-) -> catalog.Published:
+) -> Published:
     if path_id is not None and definition.id != path_id:
         raise HTTPException(
             422,
@@ -66,12 +61,12 @@ async def _apply(
 
 @router.put("/segments/{segment_id}", response_model=Published)
 async def put_segment(state: State, _: Auth, segment_id: str, body: Segment) -> Published:
-    return Published(**(await _apply(state, segment_id, body)).__dict__)
+    return await _apply(state, segment_id, body)
 
 
 @router.put("/templates/{template_id}", response_model=Published)
 async def put_template(state: State, _: Auth, template_id: str, body: Template) -> Published:
-    return Published(**(await _apply(state, template_id, body)).__dict__)
+    return await _apply(state, template_id, body)
 
 
 @router.post("/journeys", response_model=Published, status_code=201)
@@ -79,7 +74,7 @@ async def post_journey(
     state: State, _: Auth, body: Journey, status: Literal["live", "draft"] = "live"
 ) -> Published:
     """Publish a new version (an unchanged definition publishes nothing new)."""
-    return Published(**(await _apply(state, None, body, status=status)).__dict__)
+    return await _apply(state, None, body, status=status)
 
 
 async def _journey_status(

@@ -360,11 +360,12 @@ def _follow_membership(ctx: typer.Context, profile_id: str) -> None:
 
     config = settings(ctx)
 
-    async def client() -> Any:
-        return await connect(config)
-
     try:
-        asyncio.run(follow_profile_change(client, engine(ctx), config, profile_id))
+        asyncio.run(
+            follow_profile_change(
+                functools.partial(connect, config), engine(ctx), config, profile_id
+            )
+        )
     except CommandError as exc:
         err.print(f"warning: segments updated, but journeys were not told: {exc}", highlight=False)
 
@@ -410,10 +411,7 @@ def profiles_erase(
 
     config = settings(ctx)
 
-    async def client() -> Any:
-        return await connect(config)
-
-    erased, ended = asyncio.run(erase(client, engine(ctx), profile_id))
+    erased, ended = asyncio.run(erase(functools.partial(connect, config), engine(ctx), profile_id))
     if as_json:
         print_json(
             {

@@ -74,14 +74,6 @@ def welcome(engine: Engine) -> None:
     set_profile(engine, "ada", email="ada@example.com")
 
 
-@pytest.fixture
-async def temporal(
-    time_skipping_env: WorkflowEnvironment, settings: Settings
-) -> AsyncIterator[Client]:
-    async for client in run_worker(time_skipping_env, settings):
-        yield client
-
-
 def asgi(app: Any, key: str | None = KEY) -> httpx.AsyncClient:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     return httpx.AsyncClient(
