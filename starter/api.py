@@ -265,7 +265,8 @@ def create_app(
         good, report = await asyncio.to_thread(check_events, raw)
         if not good:
             errors = [e.model_dump() for r in report.results for e in r.errors]
-            return JSONResponse({"detail": errors, "results": _dump(report)}, 422)
+            results = [r.model_dump() for r in report.results]
+            return JSONResponse({"detail": errors, "results": results}, 422)
         try:
             with inflight.holding(len(good)):
                 outcome = await asyncio.wait_for(
@@ -450,10 +451,6 @@ def _temporal_busy(exc: BaseException) -> TooBusy:
     if isinstance(exc, RPCError) and exc.status == RPCStatusCode.RESOURCE_EXHAUSTED:
         return TooBusy(429, f"Temporal is rate-limiting: {exc}")
     return TooBusy(503, f"Temporal is unavailable: {exc}")
-
-
-def _dump(report: Ingested) -> list[dict[str, Any]]:
-    return [r.model_dump() for r in report.results]
 
 
 def _text(media_type: str, description: str) -> dict[str, Any]:

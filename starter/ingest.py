@@ -60,7 +60,7 @@ class RoutingFailed(Exception):
         self.cause = cause
 
 
-def check_events(raw: Sequence[Any], loc: str = "events") -> tuple[list[NewEvent], Ingested]:
+def check_events(raw: Sequence[Any]) -> tuple[list[NewEvent], Ingested]:
     """Validate each event on its own: the good ones, and a result for every event (the good
     ones provisionally accepted)."""
     good: list[NewEvent] = []
@@ -69,7 +69,9 @@ def check_events(raw: Sequence[Any], loc: str = "events") -> tuple[list[NewEvent
         try:
             event = _EVENT.validate_python(item)
         except ValidationError as exc:
-            errors = [FieldError(loc=[loc, index, *e["loc"]], msg=e["msg"]) for e in exc.errors()]
+            errors = [
+                FieldError(loc=["events", index, *e["loc"]], msg=e["msg"]) for e in exc.errors()
+            ]
             given = item.get("id") if isinstance(item, dict) else None
             results.append(
                 EventResult(
