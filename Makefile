@@ -27,8 +27,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# The tests spend most of their time waiting on servers, so two processes (each with its own
+# servers, one test file at a time) finish the suite in about two thirds of the time on 2 cores.
+TEST_WORKERS ?= 2
 test: $(STAMP) lint postgres chromium
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The store tests also run on a real PostgreSQL server, started by the tests themselves from
 # Debian's binaries; install them when they are missing.

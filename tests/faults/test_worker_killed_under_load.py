@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import signal
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -55,7 +55,7 @@ def stack(tmp_path: Path, sendgrid: FakeSendGrid) -> Iterator[DevStack]:
 
 
 def test_a_worker_killed_under_a_500_entry_load_loses_and_doubles_nothing(
-    stack: DevStack, sendgrid: FakeSendGrid, capsys: pytest.CaptureFixture[str]
+    stack: DevStack, sendgrid: FakeSendGrid, fault_summary: Callable[[str], None]
 ) -> None:
     key = (stack.data_dir / "api.key").read_text().strip()
     events = [{"type": "burst", "profile_id": f"p{n}", "id": f"burst-{n}"} for n in range(ENTRIES)]
@@ -93,13 +93,11 @@ def test_a_worker_killed_under_a_500_entry_load_loses_and_doubles_nothing(
     store.dispose()
     received = Counter((mail.to[0], mail.subject) for mail in sendgrid.requests)
     doubled = [sent for sent, times in received.items() if times > 1]
-    summary = (
-        f"fault summary (worker killed under load): {ENTRIES} entries finished, "
+    fault_summary(
+        f"{ENTRIES} entries finished, "
         f"{len(received)} distinct mails at the fake from {len(sendgrid.requests)} requests, "
         f"duplicates {len(doubled)}, deliveries by status {dict(statuses)}"
     )
-    with capsys.disabled():
-        print("\n" + summary)
     assert doubled == []
     assert len(received) == 2 * ENTRIES, "every entry sent both its emails"
     assert statuses == {"sent": 2 * ENTRIES}
