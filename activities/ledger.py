@@ -158,7 +158,10 @@ def claim_and_admit(
             if isinstance(admission, Refusal):
                 row.status, row.reason = admission.status, admission.reason
                 return Decided(row.id, _result(row))
-            return Decided(row.id, _admit_row(session, row, admission, policy, outbox))
+            # A new row is written once, with its outcome, at commit: the checks' reads leave
+            # it unflushed (the cap leaves the row out in any case).
+            with session.no_autoflush:
+                return Decided(row.id, _admit_row(session, row, admission, policy, outbox))
     except IntegrityError:
         # A concurrent attempt inserted the same key first (PostgreSQL; SQLite's write lock
         # keeps them apart): decide against its row.
