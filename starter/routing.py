@@ -22,7 +22,13 @@ from activities.db import utcnow
 from activities.entries import may_enter, record_entry
 from activities.events import mark_routed, record_event, unrouted
 from activities.goals import record_conversions
-from activities.segments import Transition, dependencies, facts, refresh_profile
+from activities.segments import (
+    Transition,
+    dependencies,
+    facts,
+    followed_event_types,
+    refresh_profile,
+)
 from parcours import search_attributes as sa
 from parcours.contracts import EventRef, JourneyInput
 from parcours.definitions import Journey
@@ -68,21 +74,25 @@ async def send_event(
     which must then exist and enter on this event (checked before anything is recorded).
 
     An event stored earlier whose routing did not complete is routed now, not reported as a
-    duplicate: retrying after a failure is safe (entries ignore an event id seen before)."""
+    duplicate: retrying after a failure is safe (entries ignore an event id seen before). An
+    event no journey and no segment follows is stored as routed, with nothing more to do."""
 
-    def record() -> tuple[Routed, EventRoutes]:
+    def record() -> tuple[Routed, EventRoutes, bool]:
         routes = catalog.routes_for_event(engine, new.type)
         if journey_id is not None:
             routes = _only(engine, routes, journey_id, new.type)
-        event, duplicate = record_event(engine, new, to_route=True)
+        # Segments are asked only when no journey is: most events entering one need no
+        # second read to know they must be routed.
+        to_route = routes.reach_journeys or new.type in followed_event_types(engine)
+        event, duplicate = record_event(engine, new, to_route=to_route)
         if duplicate and unrouted(engine, [event.id]):
-            duplicate = False
-        return Routed(event, duplicate), routes
+            duplicate, to_route = False, True
+        return Routed(event, duplicate), routes, to_route
 
     # The store blocks: keep it off the event loop that also serves Temporal calls.
-    routed, routes = await asyncio.to_thread(record)
+    routed, routes, to_route = await asyncio.to_thread(record)
     metrics.event_received(routed.duplicate)
-    if not routed.duplicate:
+    if not routed.duplicate and to_route:
         await route_event(client, engine, settings, routed, routes)
         await asyncio.to_thread(mark_routed, engine, [routed.event.id], routed.entries())
     return routed
