@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -60,13 +60,15 @@ def claim(engine: Engine, request: SendMessageInput, now: datetime | None = None
         return claim(engine, request, now)
 
 
+# Built once, the key bound at each execution: SQLAlchemy finds it compiled.
+_BY_KEY = select(DeliveryRow).where(DeliveryRow.idempotency_key == bindparam("key"))
+
+
 def _find_or_add(
     session: Session, request: SendMessageInput, now: datetime | None
 ) -> tuple[DeliveryRow, bool]:
     """The delivery's row, and whether it is new (added to the session, not yet flushed)."""
-    row = session.scalar(
-        select(DeliveryRow).where(DeliveryRow.idempotency_key == request.idempotency_key)
-    )
+    row = session.scalar(_BY_KEY, {"key": request.idempotency_key})
     if row is not None:
         return row, False
     row = DeliveryRow(
