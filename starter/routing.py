@@ -77,7 +77,7 @@ async def send_event(
     duplicate: retrying after a failure is safe (entries ignore an event id seen before). An
     event no journey and no segment follows is stored as routed, with nothing more to do."""
 
-    def record() -> tuple[Routed, EventRoutes, bool]:
+    def record() -> tuple[Routed, _Prepared | None]:
         routes = catalog.routes_for_event(engine, new.type)
         if journey_id is not None:
             routes = _only(engine, routes, journey_id, new.type)
@@ -87,13 +87,17 @@ async def send_event(
         event, duplicate = record_event(engine, new, to_route=to_route)
         if duplicate and unrouted(engine, [event.id]):
             duplicate, to_route = False, True
-        return Routed(event, duplicate), routes, to_route
+        routed = Routed(event, duplicate)
+        if duplicate or not to_route:
+            return routed, None
+        # In the same trip off the event loop: what routing it decides from the store.
+        return routed, _prepare(engine, routed, routes, segments_follow=True)
 
     # The store blocks: keep it off the event loop that also serves Temporal calls.
-    routed, routes, to_route = await asyncio.to_thread(record)
+    routed, prepared = await asyncio.to_thread(record)
     metrics.event_received(routed.duplicate)
-    if not routed.duplicate and to_route:
-        await route_event(client, engine, settings, routed, routes)
+    if prepared is not None:
+        await _route_prepared(client, engine, settings, prepared)
         await asyncio.to_thread(mark_routed, engine, [routed.event.id], routed.entries())
     return routed
 
@@ -110,6 +114,15 @@ async def route_event(
     it enters, converts, or is awaited by. The caller marks it routed afterwards, with the
     entries it started (`Routed.entered`)."""
     prepared = await asyncio.to_thread(_prepare, engine, routed, routes, segments_follow)
+    await _route_prepared(client, engine, settings, prepared)
+
+
+async def _route_prepared(
+    client: Client, engine: Engine, settings: Settings, prepared: _Prepared
+) -> None:
+    """Tell Temporal what `_prepare` decided: start or feed the entries, act on segment
+    changes, signal the entries listening."""
+    routed = prepared.routed
     event = routed.event
     ref = EventRef(id=event.id, type=event.type, timestamp=event.timestamp)
     for journey, version in prepared.entering:
