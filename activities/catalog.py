@@ -264,6 +264,11 @@ class EventRoutes:
     listening: list[str]  # journeys not stopped whose entries wait for it or leave on it
     converts: bool  # some version's goal is this event type
 
+    @property
+    def reach_journeys(self) -> bool:
+        """Whether any journey enters, hears or counts a goal on this event type."""
+        return bool(self.entering or self.listening or self.converts)
+
 
 def routes_for_event(engine: Engine, event_type: str) -> EventRoutes:
     return _routes(_versions_of(engine), event_type)

@@ -19,7 +19,7 @@ from activities.channels.email import SendGridEmail
 from activities.db import utcnow
 from activities.profiles import write_session
 from activities.rendering import RenderError, message_context, render
-from parcours.contracts import DeliveryResult, DeliveryStatus, SendMessageInput
+from parcours.contracts import DeliveryResult, SendMessageInput
 from parcours.settings import Settings
 
 
@@ -39,13 +39,23 @@ class DeliveryActivities(BoundActivities):
 
     def _send(self, request: SendMessageInput) -> DeliveryResult:
         now = send_clock(request.now)
-        claim = ledger.claim(self.engine, request, now)
-        if claim.settled is not None:
+        prepared = self._prepare(request, now)
+        sender = self.senders.get(request.channel)
+        decided = ledger.claim_and_admit(
+            self.engine, request, now, prepared, self.settings.delivery, outbox=sender is None
+        )
+        if isinstance(decided, ledger.Claim) and decided.settled is not None:
             activity.logger.info(
-                "delivery %s already settled: %s", claim.delivery_id, claim.settled.status
+                "delivery %s already settled: %s", decided.delivery_id, decided.settled.status
             )
-            return claim.settled
-        result = self._deliver(request, claim, now)
+            return decided.settled
+        if isinstance(decided, ledger.Claim):
+            result = self._reconcile(request, decided, prepared)
+        elif decided.result is not None:
+            result = decided.result
+        else:
+            assert isinstance(prepared, ledger.Admission) and sender is not None
+            result = self._call(sender, decided.delivery_id, prepared)
         metrics.deliveries_settled(request.channel, [result.status])
         # Ids and outcome only: reasons can quote an address, and logs are never erased.
         activity.logger.info(
@@ -57,31 +67,19 @@ class DeliveryActivities(BoundActivities):
         )
         return result
 
-    def _deliver(
-        self, request: SendMessageInput, claim: ledger.Claim, now: datetime
-    ) -> DeliveryResult:
-        """Everything after the claim, ending in the ledger's record of what happened; a
-        provider outage raises instead, for Temporal to try again."""
-
-        def settle(status: DeliveryStatus, reason: str) -> DeliveryResult:
-            return ledger.finish(self.engine, claim.delivery_id, status, reason=reason)
-
-        if claim.unknown:
-            taken = self._taken(request.channel, claim.delivery_id, claim.to)
-            if taken is None:
-                return settle("failed", ledger.UNKNOWN_OUTCOME)
-            if taken:
-                sender = self.senders.get(request.channel)
-                provider = sender.provider if sender else "outbox"
-                return ledger.finish(self.engine, claim.delivery_id, "sent", provider=provider)
-
+    def _prepare(
+        self, request: SendMessageInput, now: datetime
+    ) -> ledger.Admission | ledger.Refusal:
+        """What the message would be, read and rendered before the ledger's one transaction;
+        or why it cannot be sent at all."""
         profile = profiles.get_profile(self.engine, request.profile_id)
         if profile is None:
-            return settle("failed", f"profile {request.profile_id!r} does not exist (erased?)")
+            return ledger.Refusal(
+                "failed", f"profile {request.profile_id!r} does not exist (erased?)"
+            )
         address = address_of(profile, request.channel)
         if address is None:
-            return settle("suppressed", no_address(request.channel))
-
+            return ledger.Refusal("suppressed", no_address(request.channel))
         template = (
             catalog.journey_template(
                 self.engine, request.journey_id, request.journey_version, request.template
@@ -90,7 +88,7 @@ class DeliveryActivities(BoundActivities):
             else catalog.template(self.engine, request.template)
         )
         if template is None:
-            return settle("failed", f"template {request.template!r} is not published")
+            return ledger.Refusal("failed", f"template {request.template!r} is not published")
         event = events.get_event(self.engine, request.event_id) if request.event_id else None
         context = message_context(
             self.settings,
@@ -104,37 +102,64 @@ class DeliveryActivities(BoundActivities):
         try:
             rendered = render(template, context)
         except RenderError as exc:
-            return settle("failed", str(exc))
-
-        admission = ledger.Admission(
-            request, profile, address, rendered.subject, rendered.text, now
+            return ledger.Refusal("failed", str(exc))
+        return ledger.Admission(
+            request, profile, address, rendered.subject, rendered.text, now, rendered.html
         )
+
+    def _reconcile(
+        self,
+        request: SendMessageInput,
+        claim: ledger.Claim,
+        prepared: ledger.Admission | ledger.Refusal,
+    ) -> DeliveryResult:
+        """An earlier attempt stopped during the provider call: ask the provider whether it
+        took the message, and send it only when it certainly did not."""
+        taken = self._taken(request.channel, claim.delivery_id, claim.to)
+        if taken is None:
+            return ledger.finish(
+                self.engine, claim.delivery_id, "failed", reason=ledger.UNKNOWN_OUTCOME
+            )
         sender = self.senders.get(request.channel)
+        if taken:
+            provider = sender.provider if sender else "outbox"
+            return ledger.finish(self.engine, claim.delivery_id, "sent", provider=provider)
+        if isinstance(prepared, ledger.Refusal):
+            return ledger.finish(
+                self.engine, claim.delivery_id, prepared.status, reason=prepared.reason
+            )
         done = ledger.admit(
             self.engine,
             claim.delivery_id,
-            admission,
+            prepared,
             self.settings.delivery,
             outbox=sender is None,
         )
         if done is not None:
             return done
         assert sender is not None, "admit settles outbox messages itself"
+        return self._call(sender, claim.delivery_id, prepared)
+
+    def _call(
+        self, sender: Sender, delivery_id: str, admission: ledger.Admission
+    ) -> DeliveryResult:
+        """The provider call, its row already committed as `sending`; what it answered,
+        recorded. A provider outage raises instead, for Temporal to try again."""
         try:
             message_id = sender.send(
                 Outgoing(
-                    to=address,
-                    subject=rendered.subject,
-                    text=rendered.text,
-                    html=rendered.html,
-                    correlation={DELIVERY_TAG: claim.delivery_id},
+                    to=admission.to,
+                    subject=admission.subject,
+                    text=admission.body,
+                    html=admission.html,
+                    correlation={DELIVERY_TAG: delivery_id},
                 )
             )
         except ProviderError as exc:
-            return self._refused(claim.delivery_id, request.channel, address, exc)
+            return self._refused(delivery_id, admission.request.channel, admission.to, exc)
         return ledger.finish(
             self.engine,
-            claim.delivery_id,
+            delivery_id,
             "sent",
             provider=sender.provider,
             provider_message_id=message_id,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import Table, select
+from sqlalchemy import Insert, Table, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
@@ -60,29 +61,20 @@ def record_entry(
     now = now or utcnow()
     if engine.dialect.name in ("sqlite", "postgresql"):
         # One statement, no read first: this runs for every entry that starts.
-        insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
-        table: Table = JourneyEntryRow.__table__  # type: ignore[assignment]
-        statement = insert(table).values(
-            journey_id=journey_id,
-            profile_id=profile_id,
-            first_entered_at=now,
-            last_entered_at=now,
-            last_version=version,
-            entries=1,
-        )
-        statement = statement.on_conflict_do_update(
-            index_elements=[table.c.journey_id, table.c.profile_id],
-            set_={
-                "last_entered_at": statement.excluded.last_entered_at,
-                "last_version": statement.excluded.last_version,
-                "entries": table.c.entries + 1,
-            },
-        )
+        values = {
+            "journey_id": journey_id,
+            "profile_id": profile_id,
+            "first_entered_at": now,
+            "last_entered_at": now,
+            "last_version": version,
+            "entries": 1,
+        }
+        statement = _upsert(engine.dialect.name)
         if connection is not None:
-            connection.execute(statement)
+            connection.execute(statement, values)
             return
         with engine.begin() as own:
-            own.execute(statement)
+            own.execute(statement, values)
         return
     try:
         with Session(engine) as session, session.begin():
@@ -103,3 +95,20 @@ def record_entry(
     except IntegrityError:
         # A concurrent first entry inserted the row: count this one on it.
         record_entry(engine, journey_id, version, profile_id, now)
+
+
+@functools.cache
+def _upsert(dialect: str) -> Insert:
+    """The entry count's upsert, built once: its values are bound at each execution, so
+    SQLAlchemy finds it compiled instead of building and keying a statement per entry."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    table: Table = JourneyEntryRow.__table__  # type: ignore[assignment]
+    statement = insert(table)
+    return statement.on_conflict_do_update(
+        index_elements=[table.c.journey_id, table.c.profile_id],
+        set_={
+            "last_entered_at": statement.excluded.last_entered_at,
+            "last_version": statement.excluded.last_version,
+            "entries": table.c.entries + 1,
+        },
+    )

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import UTC
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -113,13 +113,17 @@ def mark_routed(
     with engine.begin() as connection:
         for start in range(0, len(event_ids), IN_CHUNK):
             chunk = event_ids[start : start + IN_CHUNK]
-            connection.execute(
-                update(EventRow)
-                .where(EventRow.id.in_(chunk), EventRow.routed_at.is_(None))
-                .values(routed_at=now)
-            )
+            connection.execute(_MARK_ROUTED, {"ids": list(chunk), "now": now})
         for journey_id, version, profile_id in entries:
             record_entry(engine, journey_id, version, profile_id, now, connection)
+
+
+# Built once, bound at each execution: every routed event is marked with it.
+_MARK_ROUTED = (
+    update(EventRow)
+    .where(EventRow.id.in_(bindparam("ids", expanding=True)), EventRow.routed_at.is_(None))
+    .values(routed_at=bindparam("now"))
+)
 
 
 def content_event_id(new: NewEvent) -> str:

@@ -8,10 +8,11 @@ it ended, why, and how often it entered each node. That is all `journeys show` n
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from sqlalchemy import insert, select
+from sqlalchemy import Insert, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
@@ -27,17 +28,21 @@ def record_finish(engine: Engine, finished: EntryFinished) -> None:
     values = finished.model_dump()
     dialect = engine.dialect.name
     if dialect in ("sqlite", "postgresql"):
-        dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         with engine.begin() as connection:
-            connection.execute(
-                dialect_insert(JourneyFinishRow).values(values).on_conflict_do_nothing()
-            )
+            connection.execute(_insert_once(dialect), values)
         return
     try:
         with engine.begin() as connection:
             connection.execute(insert(JourneyFinishRow).values(values))
     except IntegrityError:
         pass  # recorded by an earlier attempt
+
+
+@functools.cache
+def _insert_once(dialect: str) -> Insert:
+    # Built once, its values bound at each execution: one entry finishes per journey entry.
+    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return dialect_insert(JourneyFinishRow).on_conflict_do_nothing()
 
 
 @dataclass

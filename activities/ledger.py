@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -53,36 +53,52 @@ class Claim:
 def claim(engine: Engine, request: SendMessageInput, now: datetime | None = None) -> Claim:
     try:
         with Session(engine) as session, session.begin():
-            row = session.scalar(
-                select(DeliveryRow).where(DeliveryRow.idempotency_key == request.idempotency_key)
-            )
-            if row is None:
-                row = DeliveryRow(
-                    id=str(uuid.uuid4()),
-                    idempotency_key=request.idempotency_key,
-                    profile_id=request.profile_id,
-                    channel=request.channel,
-                    template=request.template,
-                    status="queued",
-                    journey_id=request.journey_id,
-                    journey_version=request.journey_version,
-                    node_id=request.node_id,
-                    workflow_id=request.workflow_id,
-                    run_id=request.run_id,
-                    priority=request.priority,
-                    # When the message was due: what its maximum age is measured from.
-                    created_at=now or utcnow(),
-                )
-                session.add(row)
-                return Claim(row.id, None)
-            if row.status == "sending":
-                return Claim(row.id, None, unknown=True, to=row.to_address)
-            if row.status in FINAL:
-                return Claim(row.id, _result(row))
-            return Claim(row.id, None)
+            row, new = _find_or_add(session, request, now)
+            return Claim(row.id, None) if new else _claim_of(row)
     except IntegrityError:
         # A concurrent attempt inserted the same key first: settle against its row.
         return claim(engine, request, now)
+
+
+# Built once, the key bound at each execution: SQLAlchemy finds it compiled.
+_BY_KEY = select(DeliveryRow).where(DeliveryRow.idempotency_key == bindparam("key"))
+
+
+def _find_or_add(
+    session: Session, request: SendMessageInput, now: datetime | None
+) -> tuple[DeliveryRow, bool]:
+    """The delivery's row, and whether it is new (added to the session, not yet flushed)."""
+    row = session.scalar(_BY_KEY, {"key": request.idempotency_key})
+    if row is not None:
+        return row, False
+    row = DeliveryRow(
+        id=str(uuid.uuid4()),
+        idempotency_key=request.idempotency_key,
+        profile_id=request.profile_id,
+        channel=request.channel,
+        template=request.template,
+        status="queued",
+        journey_id=request.journey_id,
+        journey_version=request.journey_version,
+        node_id=request.node_id,
+        workflow_id=request.workflow_id,
+        run_id=request.run_id,
+        priority=request.priority,
+        attempts=0,
+        # When the message was due: what its maximum age is measured from.
+        created_at=now or utcnow(),
+    )
+    session.add(row)
+    return row, True
+
+
+def _claim_of(row: DeliveryRow) -> Claim:
+    """What an earlier attempt left in the row: settled, unknown, or still to do."""
+    if row.status == "sending":
+        return Claim(row.id, None, unknown=True, to=row.to_address)
+    if row.status in FINAL:
+        return Claim(row.id, _result(row))
+    return Claim(row.id, None)
 
 
 @dataclass(frozen=True)
@@ -95,6 +111,63 @@ class Admission:
     subject: str | None
     body: str
     now: datetime
+    # Sent, not kept in the ledger: the text body is the record of what was said.
+    html: str | None = None
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A message known, before the ledger is asked, not to go: no profile, no address, no
+    template, a template that does not render."""
+
+    status: DeliveryStatus
+    reason: str
+
+
+@dataclass(frozen=True)
+class Decided:
+    """What `claim_and_admit` decided for this attempt."""
+
+    delivery_id: str
+    # Settled now, or held by quiet hours (`queued` with `not_before`); None: the row is
+    # marked `sending`, committed, and the provider is to be called.
+    result: DeliveryResult | None
+
+
+def claim_and_admit(
+    engine: Engine,
+    request: SendMessageInput,
+    now: datetime,
+    admission: Admission | Refusal,
+    policy: DeliveryPolicy,
+    *,
+    outbox: bool = False,
+) -> Claim | Decided:
+    """`claim` and `admit` (or the refusal's settling) in one transaction: the common case of
+    a message asked for the first time costs one write, not two.
+
+    An earlier attempt's row wins over what this one prepared: a settled delivery is returned
+    as the `Claim` it is, as is one left `sending` (unknown: the caller asks the provider, then
+    `admit`s in a transaction of its own)."""
+    try:
+        with write_session(engine) as session:
+            _lock_profile(session, request.profile_id)
+            row, new = _find_or_add(session, request, now)
+            if not new:
+                found = _claim_of(row)
+                if found.settled is not None or found.unknown:
+                    return found
+            if isinstance(admission, Refusal):
+                row.status, row.reason = admission.status, admission.reason
+                return Decided(row.id, _result(row))
+            # A new row is written once, with its outcome, at commit: the checks' reads leave
+            # it unflushed (the cap leaves the row out in any case).
+            with session.no_autoflush:
+                return Decided(row.id, _admit_row(session, row, admission, policy, outbox))
+    except IntegrityError:
+        # A concurrent attempt inserted the same key first (PostgreSQL; SQLite's write lock
+        # keeps them apart): decide against its row.
+        return claim_and_admit(engine, request, now, admission, policy, outbox=outbox)
 
 
 def admit(
@@ -112,55 +185,68 @@ def admit(
     One transaction per profile at a time, so two messages sent to one profile at once cannot
     both slip under its frequency cap.
     """
-    request, now = admission.request, admission.now
     with write_session(engine) as session:
-        if engine.dialect.name == "postgresql":
-            session.execute(
-                select(ProfileRow.id).where(ProfileRow.id == request.profile_id).with_for_update()
-            )
+        _lock_profile(session, admission.request.profile_id)
         row = session.get(DeliveryRow, delivery_id)
         assert row is not None
+        return _admit_row(session, row, admission, policy, outbox)
 
-        def suppressed(reason: str) -> DeliveryResult:
-            row.status, row.reason = "suppressed", reason
-            return _result(row)
 
-        reason = suppression.reason_for(session, admission.profile, request.channel, admission.to)
-        if reason is not None:
-            return suppressed(reason)
-        if request.priority == "marketing":
-            if now - row.created_at > policy.max_age:
+def _lock_profile(session: Session, profile_id: str) -> None:
+    # SQLite's write session already holds the one write lock; PostgreSQL locks the profile.
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(ProfileRow.id).where(ProfileRow.id == profile_id).with_for_update())
+
+
+def _admit_row(
+    session: Session,
+    row: DeliveryRow,
+    admission: Admission,
+    policy: DeliveryPolicy,
+    outbox: bool,
+) -> DeliveryResult | None:
+    request, now = admission.request, admission.now
+
+    def suppressed(reason: str) -> DeliveryResult:
+        row.status, row.reason = "suppressed", reason
+        return _result(row)
+
+    reason = suppression.reason_for(session, admission.profile, request.channel, admission.to)
+    if reason is not None:
+        return suppressed(reason)
+    if request.priority == "marketing":
+        if now - row.created_at > policy.max_age:
+            return suppressed(EXPIRED)
+        quiet = policy.quiet_hours.get(request.channel)
+        opens = (
+            quiet.opens_at(now, policy.zone(admission.profile.timezone))
+            if quiet is not None and request.respect_quiet_hours
+            else None
+        )
+        if opens is not None:
+            if opens - row.created_at > policy.max_age:
                 return suppressed(EXPIRED)
-            quiet = policy.quiet_hours.get(request.channel)
-            opens = (
-                quiet.opens_at(now, policy.zone(admission.profile.timezone))
-                if quiet is not None and request.respect_quiet_hours
-                else None
+            row.reason = f"quiet hours ({quiet}) until {opens.isoformat()}"
+            return _result(row).model_copy(update={"not_before": opens})
+        cap = policy.frequency_caps.get(request.channel)
+        if cap is not None:
+            sent = marketing_sent(
+                session,
+                [row.profile_id],
+                row.channel,
+                now - cap.window,
+                besides=DeliveryRow.id != row.id,
             )
-            if opens is not None:
-                if opens - row.created_at > policy.max_age:
-                    return suppressed(EXPIRED)
-                row.reason = f"quiet hours ({quiet}) until {opens.isoformat()}"
-                return _result(row).model_copy(update={"not_before": opens})
-            cap = policy.frequency_caps.get(request.channel)
-            if cap is not None:
-                sent = marketing_sent(
-                    session,
-                    [row.profile_id],
-                    row.channel,
-                    now - cap.window,
-                    besides=DeliveryRow.id != row.id,
-                )
-                if sent.get(row.profile_id, 0) >= cap.limit:
-                    return suppressed(FREQUENCY_CAP)
-        row.status, row.reason, row.sent_at = "sending", None, now
-        row.to_address, row.subject, row.body = admission.to, admission.subject, admission.body
-        row.attempts += 1
-        if outbox:
-            # No provider: recording the message is the whole of sending it.
-            row.status, row.provider = "sent", "outbox"
-            return _result(row)
-        return None
+            if sent.get(row.profile_id, 0) >= cap.limit:
+                return suppressed(FREQUENCY_CAP)
+    row.status, row.reason, row.sent_at = "sending", None, now
+    row.to_address, row.subject, row.body = admission.to, admission.subject, admission.body
+    row.attempts += 1
+    if outbox:
+        # No provider: recording the message is the whole of sending it.
+        row.status, row.provider = "sent", "outbox"
+        return _result(row)
+    return None
 
 
 def marketing_sent(

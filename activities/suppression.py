@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.orm import Session
 
 from activities.db import SuppressionRow, utcnow
@@ -63,12 +63,15 @@ def suppressed_addresses(
     """The suppressed ones among `addresses`, with their reasons."""
     if not addresses:
         return {}
-    rows = session.execute(
-        select(SuppressionRow.address, SuppressionRow.reason).where(
-            SuppressionRow.channel == channel, SuppressionRow.address.in_(addresses)
-        )
-    ).all()
+    rows = session.execute(_SUPPRESSED, {"channel": channel, "addresses": list(addresses)})
     return {address: reason for address, reason in rows}
+
+
+# Built once, bound at each execution: every message is checked against it.
+_SUPPRESSED = select(SuppressionRow.address, SuppressionRow.reason).where(
+    SuppressionRow.channel == bindparam("channel"),
+    SuppressionRow.address.in_(bindparam("addresses", expanding=True)),
+)
 
 
 def suppressions(session: Session, channel: str | None = None) -> list[SuppressionRow]:

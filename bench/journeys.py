@@ -510,7 +510,7 @@ Measured by `bench/journeys.py` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC (the r
 - Command: `{command()}` (`make bench` runs it too)
 - Machine: {machine()}; 1-minute load average {results.load:.2f} as the run began (other work on the machine lowers both rates; alternating rounds keeps it from skewing the ratio much)
 - Software: {versions()}
-- Setup: one Temporal dev server on 127.0.0.1, in-memory store, {pragmas}; the Parcours store is SQLite in a temp dir; the sender and both workers share one Python process.
+- Setup: one Temporal dev server on 127.0.0.1, in-memory store, {pragmas}; the Parcours store is SQLite in a temp dir; the sender and both workers share one Python process. `JourneyWorkflow` runs outside Temporal's workflow sandbox (`sandboxed=False`: its imports were all passed through, so the sandbox only re-imported its module for every entry; tests/test_replay.py replays every journey history inside the sandbox instead); the baseline runs in the sandbox, the SDK's default.
 
 {summary_table(results)}
 

@@ -170,8 +170,7 @@ async def ingest(
     routes, followed = await asyncio.to_thread(lookup, {e.type for e in events})
 
     def needs_routing(event_type: str) -> bool:
-        found = routes[event_type]
-        return event_type in followed or bool(found.entering or found.listening or found.converts)
+        return event_type in followed or routes[event_type].reach_journeys
 
     flags = [needs_routing(e.type) for e in events]
     if writer is not None:

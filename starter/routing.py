@@ -22,7 +22,13 @@ from activities.db import utcnow
 from activities.entries import may_enter, record_entry
 from activities.events import mark_routed, record_event, unrouted
 from activities.goals import record_conversions
-from activities.segments import Transition, dependencies, facts, refresh_profile
+from activities.segments import (
+    Transition,
+    dependencies,
+    facts,
+    followed_event_types,
+    refresh_profile,
+)
 from parcours import search_attributes as sa
 from parcours.contracts import EventRef, JourneyInput
 from parcours.definitions import Journey
@@ -68,22 +74,30 @@ async def send_event(
     which must then exist and enter on this event (checked before anything is recorded).
 
     An event stored earlier whose routing did not complete is routed now, not reported as a
-    duplicate: retrying after a failure is safe (entries ignore an event id seen before)."""
+    duplicate: retrying after a failure is safe (entries ignore an event id seen before). An
+    event no journey and no segment follows is stored as routed, with nothing more to do."""
 
-    def record() -> tuple[Routed, EventRoutes]:
+    def record() -> tuple[Routed, _Prepared | None]:
         routes = catalog.routes_for_event(engine, new.type)
         if journey_id is not None:
             routes = _only(engine, routes, journey_id, new.type)
-        event, duplicate = record_event(engine, new, to_route=True)
+        # Segments are asked only when no journey is: most events entering one need no
+        # second read to know they must be routed.
+        to_route = routes.reach_journeys or new.type in followed_event_types(engine)
+        event, duplicate = record_event(engine, new, to_route=to_route)
         if duplicate and unrouted(engine, [event.id]):
-            duplicate = False
-        return Routed(event, duplicate), routes
+            duplicate, to_route = False, True
+        routed = Routed(event, duplicate)
+        if duplicate or not to_route:
+            return routed, None
+        # In the same trip off the event loop: what routing it decides from the store.
+        return routed, _prepare(engine, routed, routes, segments_follow=True)
 
     # The store blocks: keep it off the event loop that also serves Temporal calls.
-    routed, routes = await asyncio.to_thread(record)
+    routed, prepared = await asyncio.to_thread(record)
     metrics.event_received(routed.duplicate)
-    if not routed.duplicate:
-        await route_event(client, engine, settings, routed, routes)
+    if prepared is not None:
+        await _route_prepared(client, engine, settings, prepared)
         await asyncio.to_thread(mark_routed, engine, [routed.event.id], routed.entries())
     return routed
 
@@ -100,6 +114,15 @@ async def route_event(
     it enters, converts, or is awaited by. The caller marks it routed afterwards, with the
     entries it started (`Routed.entered`)."""
     prepared = await asyncio.to_thread(_prepare, engine, routed, routes, segments_follow)
+    await _route_prepared(client, engine, settings, prepared)
+
+
+async def _route_prepared(
+    client: Client, engine: Engine, settings: Settings, prepared: _Prepared
+) -> None:
+    """Tell Temporal what `_prepare` decided: start or feed the entries, act on segment
+    changes, signal the entries listening."""
+    routed = prepared.routed
     event = routed.event
     ref = EventRef(id=event.id, type=event.type, timestamp=event.timestamp)
     for journey, version in prepared.entering:

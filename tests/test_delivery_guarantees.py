@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import sqlalchemy
 from sqlalchemy.engine import Engine
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
@@ -207,6 +208,27 @@ async def test_a_template_with_a_missing_variable_fails_only_its_delivery_naming
     )
     assert (await send(settings, message("email", "promo-email"))).status == "sent"
     assert fake_sendgrid.attempts == 1
+
+
+async def test_a_first_attempt_claims_and_admits_its_message_in_one_write(
+    hub: Engine, settings: Settings, fake_sendgrid: FakeSendGrid
+) -> None:
+    commits: list[object] = []
+    count = commits.append  # one bound method, to remove the listener it was added as
+    sqlalchemy.event.listen(hub, "commit", count)
+    try:
+        # The outbox: the one write both claims the message and records it sent.
+        sent = await send(with_providers(settings), message("email", "promo-email"))
+        refused = await send(with_providers(settings), message("email", "broken-email"))
+        assert (sent.status, refused.status, len(commits)) == ("sent", "failed", 2)
+        # A provider: `sending` is committed before the call, the answer after it.
+        commits.clear()
+        via = await send(
+            with_providers(settings, sendgrid=fake_sendgrid), message("email", "promo-email")
+        )
+        assert (via.status, len(commits)) == ("sent", 2)
+    finally:
+        sqlalchemy.event.remove(hub, "commit", count)
 
 
 async def test_a_retried_send_after_an_outage_reaches_the_provider_once(

@@ -6,12 +6,14 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
+import sqlalchemy
 from sqlalchemy.engine import Engine
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from activities import catalog, ledger
+from activities.events import unrouted
 from activities.profiles import set_profile
 from parcours import search_attributes as sa
 from parcours.loader import load_paths
@@ -125,6 +127,21 @@ async def test_the_same_event_while_inside_starts_no_second_entry(
         client, engine, settings, NewEvent(type="signed_up", profile_id="ada", id="second")
     )
     assert duplicate.duplicate and duplicate.journeys == []
+
+
+async def test_an_event_nothing_follows_is_stored_routed_in_one_write(
+    client: Client, engine: Engine, settings: Settings
+) -> None:
+    commits: list[object] = []
+    count = commits.append  # one bound method, to remove the listener it was added as
+    sqlalchemy.event.listen(engine, "commit", count)
+    try:
+        viewed = NewEvent(type="page_viewed", profile_id="ada", id="view-1")
+        routed = await send_event(client, engine, settings, viewed)
+    finally:
+        sqlalchemy.event.remove(engine, "commit", count)
+    assert (routed.duplicate, routed.journeys) == (False, [])
+    assert unrouted(engine, ["view-1"]) == set() and len(commits) == 1
 
 
 async def test_after_the_entry_ends_a_new_event_starts_a_new_entry(
