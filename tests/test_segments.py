@@ -66,9 +66,9 @@ def test_unknown_operators_and_mistyped_values_name_their_path(tmp_path: Path) -
     )
     text = "\n".join(found)
     assert ":5: rule.all[0].op: got 'equals', expected 'eq', 'ne'" in text
-    assert ":6: rule.all[1].any[0]: `gt` takes a number or a string value" in text
+    assert ":6: rule.all[1].any[0].value: `gt` takes a number or a string value" in text
     assert (
-        "rule.all[1].any[1]: `in` takes a list of strings, numbers or booleans, all of one type"
+        "rule.all[1].any[1].value: `in` takes a list of strings, numbers or booleans, all of one type"
         in text
     )
     assert ":7: rule.all[2].count: `count` takes one or two of eq, gt, gte, lt, lte" in text
