@@ -6,11 +6,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from activities.apply import apply_paths
 from activities.events import record_event
 from activities.profiles import set_profile
+from activities.rule_sql import members_query
 from activities.segments import (
     dependencies,
     profile_segments,
@@ -18,6 +20,7 @@ from activities.segments import (
     refresh_profile,
     segment_members,
 )
+from parcours.definitions import Segment
 from parcours.loader import LoadFailed, load_paths
 from parcours.records import NewEvent
 
@@ -185,3 +188,19 @@ def test_published_rules_read_back_as_written(engine: Engine, tmp_path: Path) ->
     assert [t.segment_id for t in refresh_profile(engine, "old", profile_changed=True)] == [
         "lapsed"
     ]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_sqlite_reads_keys_by_constant_path_in_the_order_written(engine: Engine) -> None:
+    """SQLite parses a constant JSON path once per statement and a bound one on every row;
+    values stay bound. A range of numbers is as cheap as an `in`: it keeps its place."""
+    age_range = {"attribute": "age", "op": "between", "value": [25, 40]}
+    countries = {"attribute": "country", "op": "in", "value": ["FR", "it's"]}
+    rule = Segment.model_validate({"id": "s", "rule": {"all": [age_range, countries]}}).rule
+    sent: list[tuple[str, tuple[object, ...]]] = []
+    event.listen(engine, "before_cursor_execute", lambda *a: sent.append((a[2], a[3])))
+    with engine.connect() as connection:
+        connection.execute(members_query("sqlite", rule, datetime.now(UTC), {})).all()
+    [(statement, parameters)] = sent
+    age, country = statement.index("'$.age'"), statement.index("'$.country'")
+    assert age < country and parameters == (25, 40, "FR", "it's")
