@@ -83,8 +83,11 @@ class _SqliteField:
 
     def __init__(self, column: Any, key: str) -> None:
         # Keys are letters, digits, `_` and `-` (the rule models check it): a plain path label,
-        # which SQLite reads a little faster than a quoted one.
-        path = literal(f"$.{key}", String)
+        # which SQLite reads a little faster than a quoted one. Rendered in the statement (by
+        # SQLAlchemy, quoted as a string literal) rather than bound: SQLite parses a constant
+        # path once per statement but a bound one on every row, which cost a quarter of a
+        # one-key rule's time.
+        path = literal(f"$.{key}", String, literal_execute=True)
         self.value = func.json_extract(column, path)
         self.type = func.json_type(column, path)
 
@@ -288,6 +291,15 @@ class RuleCompiler:
         if isinstance(rule, ConsentRule):
             return 2
         if isinstance(rule, AttributeRule | PropertyRule):
+            # In SQLite a range of numbers is one read too (other types sort outside it; a
+            # test is added only when it holds 0 or 1, which booleans read as): kept in the
+            # order written. PostgreSQL measured faster with its jsonb range tested last.
+            if (
+                self.dialect == "sqlite"
+                and rule.op == "between"
+                and category(rule.value[0]) == "number"
+            ):
+                return 0
             return 0 if rule.op in ("eq", "in", "exists", "not_exists") else 1
         return 1
 
@@ -328,7 +340,8 @@ class RuleCompiler:
                 "->>", return_type=String
             )(literal("status", String))
         else:
-            status = func.json_extract(profiles.c.consent, literal(f'$."{channel}".status', String))
+            path = literal(f'$."{channel}".status', String, literal_execute=True)
+            status = func.json_extract(profiles.c.consent, path)
         return and_(identity, func.coalesce(status, "") != "opted_out")
 
     def _event(self, rule: EventRule) -> Condition:

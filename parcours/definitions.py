@@ -11,9 +11,10 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from parcours.durations import Duration, format_duration
+from parcours.field_errors import error_at
 from parcours.rules import Channel, Rule
 
 Identifier = Annotated[
@@ -42,11 +43,13 @@ class Template(_Strict):
     @model_validator(mode="after")
     def _email_needs_subject(self) -> Template:
         if self.channel == "email" and not self.subject:
-            raise ValueError("an email template needs a `subject`")
+            raise error_at("subject", "an email template needs a `subject`", self.subject)
         if self.channel == "sms" and self.subject:
-            raise ValueError("an sms has no `subject`: put everything in `body`")
+            raise error_at(
+                "subject", "an sms has no `subject`: put everything in `body`", self.subject
+            )
         if self.channel != "email" and self.html:
-            raise ValueError(f"`html` is for email templates, not {self.channel}")
+            raise error_at("html", f"`html` is for email templates, not {self.channel}", self.html)
         return self
 
 
@@ -62,11 +65,16 @@ class Entry(_Strict):
     def _exactly_one(self) -> Entry:
         given = [k for k in ("event", "segment_entered", "api") if getattr(self, k)]
         if len(given) != 1:
-            raise ValueError(
-                "`entry` takes exactly one of `event`, `segment_entered` or `api: true`"
+            # At the second one given; with none given, only `entry` itself is at fault.
+            raise error_at(
+                tuple(given[1:2]),
+                "`entry` takes exactly one of `event`, `segment_entered` or `api: true`",
+                getattr(self, given[1]) if given else None,
             )
         if self.where is not None and self.event is None:
-            raise ValueError("`where` filters an entry event: it needs `event`")
+            raise error_at(
+                "where", "`where` filters an entry event: it needs `event`", self.where.model_dump()
+            )
         return self
 
     def describe(self) -> str:
@@ -75,13 +83,15 @@ class Entry(_Strict):
         return f"segment {self.segment_entered} entered" if self.segment_entered else "API"
 
 
-def check_zone(name: str, field: str) -> None:
+def check_zone(name: str) -> str:
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(
-            f"`{field}`: {name!r} is not an IANA time zone (e.g. Europe/Paris)"
-        ) from None
+        raise ValueError(f"{name!r} is not an IANA time zone (e.g. Europe/Paris)") from None
+    return name
+
+
+Zone = Annotated[str, AfterValidator(check_zone)]
 
 
 class Until(_Strict):
@@ -90,18 +100,12 @@ class Until(_Strict):
     ]
     timezone: str = "profile"  # `profile`: the profile's own zone
     # For profiles without a zone of their own.
-    fallback_timezone: str = "UTC"
+    fallback_timezone: Zone = "UTC"
 
-    @model_validator(mode="after")
-    def _zones_exist(self) -> Until:
-        for field, zone in (
-            ("timezone", self.timezone),
-            ("fallback_timezone", self.fallback_timezone),
-        ):
-            if zone == "profile" and field == "timezone":
-                continue
-            check_zone(zone, field)
-        return self
+    @field_validator("timezone")
+    @classmethod
+    def _zone_exists(cls, zone: str) -> str:
+        return zone if zone == "profile" else check_zone(zone)
 
 
 class WaitNode(_Strict):
@@ -120,7 +124,12 @@ class WaitNode(_Strict):
             f for f in ("duration", "until", "until_attribute") if getattr(self, f) is not None
         ]
         if len(given) != 1:
-            raise ValueError("a wait takes exactly one of `duration`, `until` or `until_attribute`")
+            # At the second one given; with none given, only the node itself is at fault.
+            raise error_at(
+                tuple(given[1:2]),
+                "a wait takes exactly one of `duration`, `until` or `until_attribute`",
+                getattr(self, given[1]) if given else None,
+            )
         return self
 
     def summary(self) -> str:
@@ -212,7 +221,7 @@ class UpdateProfileNode(_Strict):
     @model_validator(mode="after")
     def _changes_something(self) -> UpdateProfileNode:
         if not self.set and not self.unset:
-            raise ValueError("`update_profile` needs `set` or `unset`")
+            raise error_at("set", "`update_profile` needs `set` or `unset`", self.set)
         return self
 
     def summary(self) -> str:
@@ -295,7 +304,12 @@ class ExitWhen(_Strict):
     @model_validator(mode="after")
     def _exactly_one(self) -> ExitWhen:
         if (self.event is None) == (self.segment_exited is None):
-            raise ValueError("an `exit_when` item takes exactly one of `event` or `segment_exited`")
+            # At `segment_exited` when both are given; with neither, the item itself is at fault.
+            raise error_at(
+                () if self.event is None else "segment_exited",
+                "an `exit_when` item takes exactly one of `event` or `segment_exited`",
+                self.segment_exited,
+            )
         return self
 
 
@@ -353,27 +367,17 @@ class CampaignSchedule(_Strict):
     """A standard five-field cron, read in `timezone` (daylight saving included)."""
 
     cron: Annotated[str, Field(pattern=rf"^\s*{_CRON_FIELD}(\s+{_CRON_FIELD}){{4}}\s*$")]
-    timezone: str = "UTC"
+    timezone: Zone = "UTC"
     # Optional window: no run before `starts` or after `ends` (RFC 3339).
     starts: datetime | None = None
     ends: datetime | None = None
-
-    @model_validator(mode="after")
-    def _zone_exists(self) -> CampaignSchedule:
-        check_zone(self.timezone, "timezone")
-        return self
 
 
 class SendAt(_Strict):
     """Send each recipient at this hour of their own clock (the fallback zone without one)."""
 
     local_time: Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
-    fallback_timezone: str = "UTC"
-
-    @model_validator(mode="after")
-    def _zone_exists(self) -> SendAt:
-        check_zone(self.fallback_timezone, "fallback_timezone")
-        return self
+    fallback_timezone: Zone = "UTC"
 
 
 class FollowUp(_Strict):

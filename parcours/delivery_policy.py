@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from parcours.definitions import check_zone
+from parcours.definitions import Zone
 from parcours.durations import Duration, format_duration, parse_duration
 from parcours.rules import Channel
 from parcours.timing import next_local_time
@@ -89,7 +89,7 @@ class DeliveryPolicy(BaseModel):
     # A message held by quiet hours longer than this is dropped as `expired`.
     max_age: Duration = timedelta(hours=24)
     # The clock for profiles with no timezone of their own.
-    default_timezone: str = "UTC"
+    default_timezone: Zone = "UTC"
 
     @field_validator("quiet_hours", mode="before")
     @classmethod
@@ -98,12 +98,6 @@ class DeliveryPolicy(BaseModel):
             return value
         merged: dict[Any, Any] = {**_default_quiet_hours(), **value}
         return {k: None if v in ("off", "", None) else v for k, v in merged.items()}
-
-    @field_validator("default_timezone")
-    @classmethod
-    def _zone_exists(cls, value: str) -> str:
-        check_zone(value, "default_timezone")
-        return value
 
     def zone(self, timezone: str | None) -> ZoneInfo:
         return ZoneInfo(timezone or self.default_timezone)

@@ -25,19 +25,25 @@ def parse_duration(value: Any) -> timedelta:
     if isinstance(value, bool) or not isinstance(value, str):
         raise ValueError(f"expected {EXPECTED}, got {value!r}")
     text = value.strip()
-    if m := _SHORT.match(text):
-        delta = timedelta(seconds=float(m.group(1)) * _UNIT_SECONDS[m.group(2)])
-    elif (m := _ISO.match(text.upper())) and text.upper() not in ("P", "PT"):
-        parts = {k: float(v) for k, v in m.groupdict().items() if v}
-        delta = timedelta(
-            weeks=parts.get("w", 0),
-            days=parts.get("d", 0),
-            hours=parts.get("h", 0),
-            minutes=parts.get("m", 0),
-            seconds=parts.get("s", 0),
-        )
-    else:
-        raise ValueError(f"expected {EXPECTED}, got {value!r}")
+    try:
+        if m := _SHORT.match(text):
+            delta = timedelta(seconds=float(m.group(1)) * _UNIT_SECONDS[m.group(2)])
+        elif (m := _ISO.match(text.upper())) and text.upper() not in ("P", "PT"):
+            parts = {k: float(v) for k, v in m.groupdict().items() if v}
+            delta = timedelta(
+                weeks=parts.get("w", 0),
+                days=parts.get("d", 0),
+                hours=parts.get("h", 0),
+                minutes=parts.get("m", 0),
+                seconds=parts.get("s", 0),
+            )
+        else:
+            raise ValueError(f"expected {EXPECTED}, got {value!r}")
+    except OverflowError:
+        # Pydantic lets an OverflowError through as a crash, not a validation error.
+        raise ValueError(
+            f"expected a duration under {timedelta.max.days} days, got {value!r}"
+        ) from None
     if delta <= timedelta(0):
         raise ValueError(f"expected a duration greater than zero, got {value!r}")
     return delta

@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from parcours.durations import Duration, parse_duration
+from parcours.field_errors import error_at
 from parcours.json_values import nul_at
 
 Scalar = str | int | float | bool
@@ -69,38 +70,44 @@ class _Comparison(_Rule):
 
     @model_validator(mode="after")
     def _operand_fits_operator(self) -> _Comparison:
+        # Whatever the operator, it is the value that does not fit: say so at `value`.
+        problem = self._operand_problem()
+        if problem:
+            raise error_at("value", problem, self.value)
+        return self
+
+    def _operand_problem(self) -> str | None:
         op, value = self.op, self.value
         if op in ("exists", "not_exists"):
             if value is not None:
-                raise ValueError(f"`{op}` takes no value")
+                return f"`{op}` takes no value"
         elif op == "within_last":
-            parse_duration(value)  # kept as written, so it reads back the same
+            try:
+                parse_duration(value)  # kept as written, so it reads back the same
+            except ValueError as exc:
+                return str(exc)
         elif op in ("in", "not_in"):
             if not isinstance(value, list) or not value:
-                raise ValueError(f"`{op}` takes a non-empty list of values")
+                return f"`{op}` takes a non-empty list of values"
             families = {category(v) for v in value}
             if None in families or len(families) > 1:
-                raise ValueError(
-                    f"`{op}` takes a list of strings, numbers or booleans, all of one type"
-                )
+                return f"`{op}` takes a list of strings, numbers or booleans, all of one type"
         elif op == "between":
             if not (isinstance(value, list) and len(value) == 2):
-                raise ValueError("`between` takes [low, high]")
+                return "`between` takes [low, high]"
             low, high = value
             family = category(low)
             if family not in ("number", "string") or category(high) != family or low > high:
-                raise ValueError(
-                    "`between` takes [low, high]: two numbers or two strings, low <= high"
-                )
+                return "`between` takes [low, high]: two numbers or two strings, low <= high"
         elif op in ("contains", "starts_with"):
             if category(value) != "string":
-                raise ValueError(f"`{op}` takes a string value")
+                return f"`{op}` takes a string value"
         elif op in ("gt", "gte", "lt", "lte"):
             if category(value) not in ("number", "string"):
-                raise ValueError(f"`{op}` takes a number or a string value")
+                return f"`{op}` takes a number or a string value"
         elif category(value) is None:
-            raise ValueError(f"`{op}` takes a string, number or boolean value")
-        return self
+            return f"`{op}` takes a string, number or boolean value"
+        return None
 
     @property
     def window(self) -> timedelta:

@@ -68,6 +68,11 @@ async def test_segments_templates_and_journeys_are_published_and_checked(
     assert bad_rule.json()["detail"][0]["loc"][:3] == ["body", "rule", "op"] or "op" in str(
         bad_rule.json()
     )
+    # A check across fields answers at the field too, not at the body.
+    no_subject = await api.put("/v1/templates/hello", json={**TEMPLATE, "subject": None})
+    assert no_subject.status_code == 422
+    [problem] = no_subject.json()["detail"]
+    assert problem["loc"] == ["body", "subject"] and "needs a `subject`" in problem["msg"]
     cycle = await api.post(
         "/v1/journeys",
         json={**JOURNEY, "id": "loop", "nodes": [{**JOURNEY["nodes"][0], "next": "hello"}]},

@@ -1,9 +1,13 @@
 """Definition files: every error names the file, the path inside it and what was expected."""
 
+import copy
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from parcours.definitions import Journey, Template
-from parcours.loader import load_paths
+from parcours.loader import load_documents, load_paths
 from tests.conftest import EXAMPLES
 
 TEMPLATE = """
@@ -186,3 +190,121 @@ def test_unreadable_input_is_reported_not_raised(tmp_path: Path) -> None:
         "email template needs a `subject`"
         in messages(tmp_path, "kind: template\nid: t\nchannel: email\nbody: b")[0]
     )
+
+
+JOURNEY = {
+    "kind": "journey",
+    "id": "j",
+    "entry": {"event": "e"},
+    "start": "w",
+    "nodes": [
+        {"id": "w", "type": "wait", "duration": "1h", "next": "x"},
+        {"id": "x", "type": "end"},
+    ],
+}
+
+
+def _journey(**changes: Any) -> dict[str, Any]:
+    journey = copy.deepcopy(JOURNEY)
+    for name, value in changes.items():
+        if name == "wait":
+            journey["nodes"][0] = {"id": "w", "type": "wait", "next": "x", **value}
+        else:
+            journey[name] = value
+    return journey
+
+
+def _segment(rule: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": "segment", "id": "s", "rule": rule}
+
+
+def _template(**fields: Any) -> dict[str, Any]:
+    return {"kind": "template", "id": "t", "body": "b", **fields}
+
+
+def _campaign(**fields: Any) -> dict[str, Any]:
+    return {"kind": "campaign", "id": "c", "audience": {"consent": "email"}, "channel": "email",
+            "template": "t", **fields}  # fmt: skip
+
+
+# Every check that looks at more than one field reports at the field it is about, so the
+# CLI, the API's 422 body and the editor's line number all point there.
+@pytest.mark.parametrize(
+    ("document", "path", "message"),
+    [
+        (_template(channel="email"), "subject", "an email template needs a `subject`"),
+        (_template(channel="sms", subject="s"), "subject", "an sms has no `subject`"),
+        (_template(channel="push", subject="s", html="<b>"), "html", "`html` is for email"),
+        (_journey(entry={"event": "e", "api": True}), "entry.api", "exactly one of `event`"),
+        (_journey(entry={}), "entry", "exactly one of `event`"),
+        (
+            _journey(entry={"api": True, "where": {"property": "p", "op": "exists"}}),
+            "entry.where",
+            "`where` filters an entry event",
+        ),
+        (
+            _journey(wait={"duration": "1h", "until_attribute": "a"}),
+            "nodes[0].until_attribute",
+            "a wait takes exactly one of",
+        ),
+        (_journey(wait={}), "nodes[0]", "a wait takes exactly one of"),
+        (
+            _journey(wait={"until": {"time": "09:00", "timezone": "Mars/Base"}}),
+            "nodes[0].until.timezone",
+            "'Mars/Base' is not an IANA time zone",
+        ),
+        (
+            _journey(wait={"until": {"time": "09:00", "fallback_timezone": "Mars/Base"}}),
+            "nodes[0].until.fallback_timezone",
+            "'Mars/Base' is not an IANA time zone",
+        ),
+        (
+            _journey(nodes=[{"id": "w", "type": "update_profile", "next": "x"}]),
+            "nodes[0].set",
+            "needs `set` or `unset`",
+        ),
+        (
+            _journey(exit_when=[{"event": "e", "segment_exited": "s"}]),
+            "exit_when[0].segment_exited",
+            "exactly one of `event` or `segment_exited`",
+        ),
+        (_journey(exit_when=[{}]), "exit_when[0]", "exactly one of `event` or `segment_exited`"),
+        (
+            _campaign(schedule={"cron": "0 9 * * *", "timezone": "Mars/Base"}),
+            "schedule.timezone",
+            "'Mars/Base' is not an IANA time zone",
+        ),
+        (
+            _campaign(send_at={"local_time": "09:00", "fallback_timezone": "Mars/Base"}),
+            "send_at.fallback_timezone",
+            "'Mars/Base' is not an IANA time zone",
+        ),
+        (_segment({"attribute": "a", "op": "exists", "value": 1}), "rule.value", "takes no value"),
+        (
+            _segment({"all": [{"attribute": "a", "op": "in", "value": [1, "x"]}]}),
+            "rule.all[0].value",
+            "all of one type",
+        ),
+        (
+            _segment({"event": "e", "where": {"property": "p", "op": "between", "value": [2, 1]}}),
+            "rule.where.value",
+            "low <= high",
+        ),
+        (
+            _segment({"attribute": "a", "op": "within_last", "value": "soon"}),
+            "rule.value",
+            "expected a duration",
+        ),
+        (
+            _segment({"event": "e", "within": "99999999999999999d"}),
+            "rule.within",
+            "expected a duration under",
+        ),
+        (_segment({"event": "e", "count": {}}), "rule.count", "one or two of eq"),
+    ],
+)
+def test_checks_across_fields_name_the_field_at_fault(
+    document: dict[str, Any], path: str, message: str
+) -> None:
+    errors = load_documents([("doc", document)]).errors
+    assert [(e.path, message in e.message) for e in errors] == [(path, True)], errors

@@ -6,11 +6,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from activities.apply import apply_paths
 from activities.events import record_event
 from activities.profiles import set_profile
+from activities.rule_sql import members_query
 from activities.segments import (
     dependencies,
     profile_segments,
@@ -18,6 +20,7 @@ from activities.segments import (
     refresh_profile,
     segment_members,
 )
+from parcours.definitions import Segment
 from parcours.loader import LoadFailed, load_paths
 from parcours.records import NewEvent
 
@@ -66,9 +69,9 @@ def test_unknown_operators_and_mistyped_values_name_their_path(tmp_path: Path) -
     )
     text = "\n".join(found)
     assert ":5: rule.all[0].op: got 'equals', expected 'eq', 'ne'" in text
-    assert ":6: rule.all[1].any[0]: `gt` takes a number or a string value" in text
+    assert ":6: rule.all[1].any[0].value: `gt` takes a number or a string value" in text
     assert (
-        "rule.all[1].any[1]: `in` takes a list of strings, numbers or booleans, all of one type"
+        "rule.all[1].any[1].value: `in` takes a list of strings, numbers or booleans, all of one type"
         in text
     )
     assert ":7: rule.all[2].count: `count` takes one or two of eq, gt, gte, lt, lte" in text
@@ -185,3 +188,19 @@ def test_published_rules_read_back_as_written(engine: Engine, tmp_path: Path) ->
     assert [t.segment_id for t in refresh_profile(engine, "old", profile_changed=True)] == [
         "lapsed"
     ]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_sqlite_reads_keys_by_constant_path_in_the_order_written(engine: Engine) -> None:
+    """SQLite parses a constant JSON path once per statement and a bound one on every row;
+    values stay bound. A range of numbers is as cheap as an `in`: it keeps its place."""
+    age_range = {"attribute": "age", "op": "between", "value": [25, 40]}
+    countries = {"attribute": "country", "op": "in", "value": ["FR", "it's"]}
+    rule = Segment.model_validate({"id": "s", "rule": {"all": [age_range, countries]}}).rule
+    sent: list[tuple[str, tuple[object, ...]]] = []
+    event.listen(engine, "before_cursor_execute", lambda *a: sent.append((a[2], a[3])))
+    with engine.connect() as connection:
+        connection.execute(members_query("sqlite", rule, datetime.now(UTC), {})).all()
+    [(statement, parameters)] = sent
+    age, country = statement.index("'$.age'"), statement.index("'$.country'")
+    assert age < country and parameters == (25, 40, "FR", "it's")

@@ -1,13 +1,15 @@
 """The profile store on SQLite: profiles, events, published versions, the delivery ledger."""
 
+import time
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
-from sqlalchemy import inspect, select
+from sqlalchemy import Connection, create_engine, inspect, select, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 
-from activities import catalog, ledger
+from activities import catalog, db, ledger
 from activities.campaigns import PROFILE_COLUMNS
 from activities.db import engine_for, utcnow
 from activities.events import get_event, record_event
@@ -234,3 +236,41 @@ def test_two_stores_in_one_process_each_route_by_their_own_version_1(tmp_path: P
     assert routes["one"][1].entering == []
     assert routes["two"][0].entering == []
     assert [(j.id, v) for j, v in routes["two"][1].entering] == [("welcome", 1)]
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_connection_back_moments_ago_is_not_pinged_and_a_drop_is_caught_on_use(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    admin = create_engine(engine.url, isolation_level="AUTOCOMMIT")
+
+    def backend(connection: Connection) -> int:
+        return int(connection.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+    def drop(pid: int) -> None:
+        with admin.connect() as connection:
+            connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            gone = text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid")
+            while connection.execute(gone, {"pid": pid}).scalar_one():
+                time.sleep(0.01)
+
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 60.0)
+    with engine.connect() as connection:
+        pid = backend(connection)
+    drop(pid)
+    # Within the window no ping is sent: the drop shows on use, as a disconnect...
+    with pytest.raises(DBAPIError) as failed, engine.connect() as connection:
+        backend(connection)
+    assert failed.value.connection_invalidated
+    # ...after which the pool hands out live connections.
+    with engine.connect() as connection:
+        assert backend(connection) != pid
+
+    # Idle past the window, a connection is pinged and a dropped one replaced before use.
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 0.0)
+    with engine.connect() as connection:
+        pid = backend(connection)
+    drop(pid)
+    with engine.connect() as connection:
+        assert backend(connection) != pid
+    admin.dispose()

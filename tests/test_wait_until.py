@@ -81,11 +81,11 @@ def test_a_wait_takes_exactly_one_kind_and_real_zones(tmp_path: Path) -> None:
     assert "nodes[0].until.time: '25:00' is not a valid time: expected HH:MM" in errors(
         MORNING.replace('"09:00"', '"25:00"')
     )
-    assert "nodes[0].until: `fallback_timezone`: 'Mars/Base' is not an IANA time zone" in errors(
+    assert "nodes[0].until.fallback_timezone: 'Mars/Base' is not an IANA time zone" in errors(
         MORNING.replace("America/New_York", "Mars/Base")
     )
     assert (
-        "nodes[0]: a wait takes exactly one of `duration`, `until` or `until_attribute`"
+        "nodes[0].until: a wait takes exactly one of `duration`, `until` or `until_attribute`"
         in errors(MORNING.replace("{id: nine, type: wait,", "{id: nine, type: wait, duration: 1h,"))
     )
 
