@@ -24,7 +24,7 @@ from starter.binaries import temporal_cli, temporal_test_server
 from starter.search_attributes import register
 from tests.fakes.sendgrid import FakeSendGrid
 from tests.postgres import postgres_server
-from tests.stack import NO_QUIET_HOURS
+from tests.stack import NO_QUIET_HOURS, DevStack
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -140,6 +140,36 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section(FAULT_SUMMARY)
         for line in counted:
             terminalreporter.line(line)
+
+
+# Two emails six seconds apart: time to kill things between them.
+PING = """
+kind: template
+id: ping
+channel: email
+subject: "Ping {{ journey.node }}"
+body: "ping"
+---
+kind: journey
+id: ping
+entry: {event: ping}
+start: first
+nodes:
+  - {id: first, type: message, channel: email, template: ping, next: pause}
+  - {id: pause, type: wait, duration: 6s, next: second}
+  - {id: second, type: message, channel: email, template: ping, next: done}
+  - {id: done, type: end}
+"""
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[DevStack]:
+    """`parcours dev` with the examples and the `ping` journey."""
+    (tmp_path / "defs").mkdir()
+    (tmp_path / "defs" / "ping.yaml").write_text(PING)
+    dev = DevStack(tmp_path / "data", EXAMPLES, tmp_path / "defs").start()
+    yield dev
+    dev.stop()
 
 
 def client_with_plugin(env: WorkflowEnvironment, settings: Settings) -> Client:

@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
-import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,33 +17,6 @@ from tests.history_scan import payloads, readable
 from tests.stack import DevStack, alive, wait_until
 
 pytestmark = pytest.mark.devserver
-
-PING = """
-kind: template
-id: ping
-channel: email
-subject: "Ping {{ journey.node }}"
-body: "ping"
----
-kind: journey
-id: ping
-entry: {event: ping}
-start: first
-nodes:
-  - {id: first, type: message, channel: email, template: ping, next: pause}
-  - {id: pause, type: wait, duration: 6s, next: second}
-  - {id: second, type: message, channel: email, template: ping, next: done}
-  - {id: done, type: end}
-"""
-
-
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[DevStack]:
-    (tmp_path / "defs").mkdir()
-    (tmp_path / "defs" / "ping.yaml").write_text(PING)
-    dev = DevStack(tmp_path / "data", EXAMPLES, tmp_path / "defs").start()
-    yield dev
-    dev.stop()
 
 
 def test_quickstart_from_event_to_email_in_the_outbox(stack: DevStack) -> None:
@@ -108,41 +78,6 @@ def test_sigterm_stops_everything_it_started(stack: DevStack) -> None:
     assert all(alive(pid) for pid in children)
     assert stack.stop() == 0
     wait_until(lambda: not any(alive(pid) for pid in children), 20, "the children to exit")
-
-
-def test_a_worker_killed_during_a_wait_is_replaced_and_sends_each_message_once(
-    stack: DevStack,
-) -> None:
-    stack.cli("profiles", "set", "bob", "--email", "bob@example.com")
-    stack.cli("events", "send", "ping", "--profile", "bob")
-    wait_until(lambda: stack.deliveries("bob"), 30, "the first message")
-    old = stack.pid("worker")
-    os.kill(old, signal.SIGKILL)
-    wait_until(lambda: stack.pid("worker") != old, 30, "a new worker")
-    deliveries = wait_until(
-        lambda: len(d := stack.deliveries("bob")) == 2 and d, 60, "the second message"
-    )
-    assert [d["subject"] for d in deliveries] == ["Ping first", "Ping second"]
-    assert all(d["status"] == "sent" for d in deliveries)
-
-
-def test_a_killed_temporal_server_keeps_the_waiting_journey(stack: DevStack) -> None:
-    stack.cli("profiles", "set", "cy", "--email", "cy@example.com")
-    stack.cli("events", "send", "ping", "--profile", "cy")
-    wait_until(lambda: stack.deliveries("cy"), 30, "the first message")
-    temporal, worker = stack.pid("temporal"), stack.pid("worker")
-    os.kill(temporal, signal.SIGKILL)
-    assert stack.process is not None
-    os.kill(stack.process.pid, signal.SIGKILL)
-    stack.process.wait(30)
-    # Nothing is left behind, even by a `kill -9` of `parcours dev` itself.
-    wait_until(lambda: not alive(worker) and not alive(temporal), 20, "the old stack to be gone")
-
-    stack.start()
-    deliveries = wait_until(
-        lambda: len(d := stack.deliveries("cy")) == 2 and d, 60, "the second message"
-    )
-    assert [d["subject"] for d in deliveries] == ["Ping first", "Ping second"]
 
 
 def test_with_a_key_dev_encrypts_and_the_ui_decodes_through_its_codec_server(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ RECIPIENTS = 50_000
 
 
 def test_a_run_survives_a_killed_worker_and_sends_each_recipient_exactly_once(
-    tmp_path: Path, fake_sendgrid: FakeSendGrid
+    tmp_path: Path, fake_sendgrid: FakeSendGrid, fault_summary: Callable[[str], None]
 ) -> None:
     defs = tmp_path / "defs"
     shutil.copytree(EXAMPLES / "weekly-digest", defs)
@@ -59,14 +60,12 @@ def test_a_run_survives_a_killed_worker_and_sends_each_recipient_exactly_once(
     left_out = set(OPTED_OUT) | set(BOUNCED)
     reachable = [f"p{i:05d}@example.com" for i in range(RECIPIENTS) if i not in left_out]
     received = Counter(m.to[0] for m in fake_sendgrid.requests)
-    print(
-        {
-            "recipients": RECIPIENTS,
-            "received at the kill": received_at_kill,
-            "received in all": sum(received.values()),
-            "distinct recipients": len(received),
-            "report": {k: report[k] for k in ("sent", "suppressed", "failed")},
-        }
+    fault_summary(
+        f"{RECIPIENTS:,} recipients, {len(reachable):,} reachable, "
+        f"{received_at_kill:,} received at the kill, {sum(received.values()):,} received in all "
+        f"by {len(received):,} distinct recipients, duplicates "
+        f"{sum(n - 1 for n in received.values())}, report "
+        f"{ {k: report[k] for k in ('sent', 'suppressed', 'failed')} }"
     )
     assert received_at_kill < len(reachable), "the kill happened mid-run"
     assert received == Counter(reachable), "each reachable recipient exactly once"

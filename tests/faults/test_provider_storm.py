@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -64,6 +64,7 @@ async def test_every_message_arrives_exactly_once_through_a_provider_storm(
     fake_sendgrid: FakeSendGrid,
     twilio: FakeTwilio,
     tmp_path: Path,
+    fault_summary: Callable[[str], None],
 ) -> None:
     (tmp_path / "order.yaml").write_text(ORDER_JOURNEY)
     apply_paths(engine, [tmp_path / "order.yaml"])
@@ -104,7 +105,7 @@ async def test_every_message_arrives_exactly_once_through_a_provider_storm(
         ),
         **{f"deliveries {s}": n for s, n in Counter(d.status for d in deliveries).items()},
     }
-    print(counts)
+    fault_summary(", ".join(f"{name} {n}" for name, n in counts.items()))
     assert counts["send attempts refused by the storm"] > 0.2 * 2 * ENTRIES
     assert statuses.count(WorkflowExecutionStatus.COMPLETED) == ENTRIES
     # Exactly once, by count and by recipient.
