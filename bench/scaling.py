@@ -319,9 +319,52 @@ At each size, one run of a campaign whose audience is every profile of the store
 
 ### How it scales
 
-- **Journeys do not slow down as the store grows.** An entry touches its own profile, event and ledger rows, each found through an index: one entry costs the same with {results.steps[0].size:,} or {results.steps[-1].size:,} profiles stored, and the rate moves with the machine's load, not with the store. What bounds it is per entry: 4 Temporal actions for a wait → message → end journey (Journeys section) and each action's workflow task on the worker and history write on the server, plus a handful of small database writes (the event, the delivery claimed and settled). Throughput grows with workers and with the Temporal cluster's history shards, not with the store.
-- **Campaigns grow linearly with the audience**, at a rate that stays flat: the time per recipient is rendering and ledger rows (one insert before the send, one update after it, per page of 1,000), plus the provider's answer. Temporal costs about one action per 1,000 recipients, whatever the size, so it is never the bound; the database's write rate and the worker's CPU are, then the provider's own limits.
-- **Importing** runs at a steady rate too (it is row-at-a-time validation and batched upserts), so a 1,000,000-profile import takes minutes, not hours; split the file and run several imports at once to go faster, since each batch is its own transaction.
+{reading(results)}
+"""
+
+
+def reading(results: Results) -> str:
+    """What the tables say, with the measured ratios in it: the explanations hold for any run,
+    the figures are this run's."""
+    first, last = results.steps[0], results.steps[-1]
+    grown = f"{last.size / first.size:,.0f}"
+    journey = last.journey_rate / first.journey_rate
+    cpu = [
+        statistics.median(r.python_ms + (r.server_ms or 0.0) for r in s.journeys)
+        for s in (first, last)
+    ]
+    campaign_time = last.campaign_seconds / first.campaign_seconds
+    campaign_rate = last.campaign_rate / first.campaign_rate
+    imports = [s.imported / s.import_seconds for s in results.steps]
+    flat = cpu[1] <= 1.2 * cpu[0]
+    cpu_reading = (
+        "level, so what moved the rate between sizes is the machine's other load"
+        if flat
+        else f"{cpu[1] / cpu[0]:.2f} times as much: the store's size did cost this run something"
+    )
+    if campaign_rate > 1.2:
+        level = "the rate rose as fixed costs spread over more recipients"
+    else:
+        level = "the rate stayed level" if campaign_rate >= 0.8 else "the rate fell"
+    return f"""- **Journeys.** With {grown} times the profiles ({last.size:,} against \
+{first.size:,}), journey throughput was {journey:.2f} times the first figure; CPU per entry \
+(Python and dev server together) was {cpu[1]:.0f} ms against {cpu[0]:.0f} ms, {cpu_reading}. \
+An entry reads and writes only its own rows (its profile, event, entry and finish rows, one \
+delivery claimed then settled), each through an index, so its cost is not meant to grow with \
+the tables. What bounds it is the work per entry: 3 Temporal actions for message → end, 4 with a \
+wait (Journeys section), each a workflow task on the worker and a history write on the server. \
+Throughput grows with worker processes and the Temporal cluster, not with the store.
+- **Campaigns: time grows linearly with the audience; {level}.** {grown} times the \
+recipients took {campaign_time:.1f} times as long, at {campaign_rate:.2f} times the first \
+size's rate (a small run pays a larger share of fixed costs: the start, the snapshot, the \
+report). Per recipient, a campaign renders a message and writes a ledger row before the send \
+and settles it after, a page of 1,000 at a time; Temporal costs about one action per 1,000 \
+recipients whatever the size, so it is never the bound. The worker's CPU and the database's \
+writes are, then the provider's own limits and the campaign's `rate_limit`.
+- **Imports: a steady rate.** `import_profiles` ran at {spread(imports, 0)} profiles/s across \
+the sizes: validation and normalisation of each line in Python, then one upsert transaction per \
+batch. At that rate 1,000,000 profiles take {1_000_000 / statistics.median(imports) / 60:.0f} \
+minutes on this machine; it is one process on one core.
 """
 
 
