@@ -67,9 +67,12 @@ def summarize(path: Path) -> str:
     rows: list[str] = []
     section = ""
     header: list[str] = []
+    sections: list[str] = []  # every measured section, in order, to name those without goals
     for line in path.read_text().splitlines():
         if line.startswith("## "):
             section, header = line[3:], []
+            if section != SUMMARY[3:]:
+                sections.append(section)
             continue
         if not line.startswith("|") or section == SUMMARY[3:]:
             header = []  # a table ends at the first line that is not one of its rows
@@ -85,12 +88,19 @@ def summarize(path: Path) -> str:
         figure = cells[0] + (f" ({cells[1]})" if header[1] == "store" else "")
         rows.append(f"| {section} | {figure} | {cells[goal]} | {cells[goal + 1]} | {verdict} |")
     missed = sum("**missed**" in r for r in rows)
+    informational = [s for s in sections if not any(r.startswith(f"| {s} |") for r in rows)]
+    verb, its = ("has", "its") if len(informational) == 1 else ("have", "their")
+    others = (
+        f" {' and '.join(informational)} {verb} no goals: {its} figures are informational."
+        if informational
+        else ""
+    )
     table = "\n".join(
         [
             f"{SUMMARY}\n",
             f"{len(rows) - missed} goals met, {missed} missed. Each figure comes from the "
             "section below that measured it (median of the rounds; spreads, baselines, "
-            "machine and command there).\n",
+            f"machine and command there).{others}\n",
             "| benchmark | figure | goal | median | |",
             "|---|---|---|---|---|",
             *rows,
