@@ -6,6 +6,7 @@ A template that does not render fails its delivery with the reason; it never fai
 from __future__ import annotations
 
 import math
+import types
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache, lru_cache
@@ -66,6 +67,13 @@ class _MessageSandbox(ImmutableSandboxedEnvironment):
             if sequence and len(sized) * count > _MAX_PRODUCT:
                 raise SecurityError(f"`*` would build over {_MAX_PRODUCT:,} items")
         return super().call_binop(context, operator, left, right)
+
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        # A class (the `dict` global, or `dict['x']`, a generic alias that forwards to it)
+        # would lead through `mro()` to every class in the worker.
+        if isinstance(obj, type | types.GenericAlias):
+            return False
+        return bool(super().is_safe_attribute(obj, attr, value))
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         # Jinja hands out a sandboxed `str.format` before asking `is_safe_attribute`.

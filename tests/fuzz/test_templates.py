@@ -27,6 +27,8 @@ LEAKS = ("<class", "<module", "<built-in", "<function", "<bound method", "__", "
 # escaped as themselves, `*` and `**` were unbounded, and `str.format`/`format_map` printed
 # objects' reprs.
 SSTI = [
+    "{{ dict['__class__']['mro']() }}",
+    "{{ dict.mro() }}",
     "{{ ''.__class__.__mro__ }}",
     "{{ ''.__class__.__mro__[1].__subclasses__() }}",
     "{{ cycler.__init__.__globals__ }}",
