@@ -10,7 +10,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from sqlalchemy import (
     event,
     insert,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -350,6 +351,11 @@ class ProviderEventRow(Base):
     provider: Mapped[str] = mapped_column(String(32), primary_key=True)
     event_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+def dialect_insert(dialect: str) -> Callable[[Any], postgresql.Insert | sqlite.Insert]:
+    """The INSERT of the two databases with `ON CONFLICT` (both spell it the same way)."""
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -44,12 +44,12 @@ class DeliveryActivities(BoundActivities):
         decided = ledger.claim_and_admit(
             self.engine, request, now, prepared, self.settings.delivery, outbox=sender is None
         )
-        if isinstance(decided, ledger.Claim) and decided.settled is not None:
-            activity.logger.info(
-                "delivery %s already settled: %s", decided.delivery_id, decided.settled.status
-            )
-            return decided.settled
         if isinstance(decided, ledger.Claim):
+            if decided.settled is not None:
+                activity.logger.info(
+                    "delivery %s already settled: %s", decided.delivery_id, decided.settled.status
+                )
+                return decided.settled
             result = self._reconcile(request, decided, prepared)
         elif decided.result is not None:
             result = decided.result

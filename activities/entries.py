@@ -7,12 +7,11 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from sqlalchemy import Insert, Table, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from activities.db import JourneyEntryRow, utcnow
+from activities.db import JourneyEntryRow, dialect_insert, utcnow
 from parcours.definitions import Cooldown, Journey
 
 
@@ -101,9 +100,8 @@ def record_entry(
 def _upsert(dialect: str) -> Insert:
     """The entry count's upsert, built once: its values are bound at each execution, so
     SQLAlchemy finds it compiled instead of building and keying a statement per entry."""
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     table: Table = JourneyEntryRow.__table__  # type: ignore[assignment]
-    statement = insert(table)
+    statement = dialect_insert(dialect)(table)
     return statement.on_conflict_do_update(
         index_elements=[table.c.journey_id, table.c.profile_id],
         set_={

@@ -13,13 +13,12 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from sqlalchemy import Insert, insert, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from temporalio import activity
 
 from activities.bound import BoundActivities
-from activities.db import JourneyFinishRow
+from activities.db import JourneyFinishRow, dialect_insert
 from parcours.contracts import EntryFinished
 
 
@@ -41,8 +40,7 @@ def record_finish(engine: Engine, finished: EntryFinished) -> None:
 @functools.cache
 def _insert_once(dialect: str) -> Insert:
     # Built once, its values bound at each execution: one entry finishes per journey entry.
-    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return dialect_insert(JourneyFinishRow).on_conflict_do_nothing()
+    return dialect_insert(dialect)(JourneyFinishRow).on_conflict_do_nothing()
 
 
 @dataclass

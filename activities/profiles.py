@@ -22,12 +22,11 @@ from typing import Any, Literal, TypeVar
 import phonenumbers
 from sqlalchemy import Table, bindparam, insert, select, text
 from sqlalchemy import update as sql_update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
-from activities.db import ProfileRow, utcnow
+from activities.db import ProfileRow, dialect_insert, utcnow
 from parcours.errors import InputError
 from parcours.json_values import nul_at
 from parcours.records import Profile
@@ -278,9 +277,8 @@ def insert_missing(
         return set()
     dialect = session.get_bind().dialect.name
     if dialect in ("postgresql", "sqlite"):
-        dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         statement = (
-            dialect_insert(table)
+            dialect_insert(dialect)(table)
             .on_conflict_do_nothing(index_elements=[key])
             .returning(table.c[key])
         )

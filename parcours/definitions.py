@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from parcours.durations import Duration, format_duration
-from parcours.field_errors import error_at
+from parcours.field_errors import error_at, exactly_one
 from parcours.rules import Channel, Rule
 
 Identifier = Annotated[
@@ -63,14 +63,11 @@ class Entry(_Strict):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Entry:
-        given = [k for k in ("event", "segment_entered", "api") if getattr(self, k)]
-        if len(given) != 1:
-            # At the second one given; with none given, only `entry` itself is at fault.
-            raise error_at(
-                tuple(given[1:2]),
-                "`entry` takes exactly one of `event`, `segment_entered` or `api: true`",
-                getattr(self, given[1]) if given else None,
-            )
+        exactly_one(
+            self,
+            [k for k in ("event", "segment_entered", "api") if getattr(self, k)],
+            "`entry` takes exactly one of `event`, `segment_entered` or `api: true`",
+        )
         if self.where is not None and self.event is None:
             raise error_at(
                 "where", "`where` filters an entry event: it needs `event`", self.where.model_dump()
@@ -120,16 +117,11 @@ class WaitNode(_Strict):
 
     @model_validator(mode="after")
     def _one_kind_of_wait(self) -> WaitNode:
-        given = [
-            f for f in ("duration", "until", "until_attribute") if getattr(self, f) is not None
-        ]
-        if len(given) != 1:
-            # At the second one given; with none given, only the node itself is at fault.
-            raise error_at(
-                tuple(given[1:2]),
-                "a wait takes exactly one of `duration`, `until` or `until_attribute`",
-                getattr(self, given[1]) if given else None,
-            )
+        exactly_one(
+            self,
+            [f for f in ("duration", "until", "until_attribute") if getattr(self, f) is not None],
+            "a wait takes exactly one of `duration`, `until` or `until_attribute`",
+        )
         return self
 
     def summary(self) -> str:
@@ -303,13 +295,11 @@ class ExitWhen(_Strict):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ExitWhen:
-        if (self.event is None) == (self.segment_exited is None):
-            # At `segment_exited` when both are given; with neither, the item itself is at fault.
-            raise error_at(
-                () if self.event is None else "segment_exited",
-                "an `exit_when` item takes exactly one of `event` or `segment_exited`",
-                self.segment_exited,
-            )
+        exactly_one(
+            self,
+            [f for f in ("event", "segment_exited") if getattr(self, f) is not None],
+            "an `exit_when` item takes exactly one of `event` or `segment_exited`",
+        )
         return self
 
 

@@ -22,3 +22,10 @@ def error_at(field: str | tuple[str | int, ...], message: str, value: Any) -> Va
         type="value_error", loc=loc, input=value, ctx={"error": ValueError(message)}
     )
     return ValidationError.from_exception_data("field check", [detail])
+
+
+def exactly_one(model: Any, given: list[str], message: str) -> None:
+    """Refuse unless exactly one of the options was `given`: at the second one given, or, with
+    none given, at the model itself (no one field is at fault)."""
+    if len(given) != 1:
+        raise error_at(tuple(given[1:2]), message, getattr(model, given[1]) if given else None)

@@ -5,13 +5,14 @@ Nothing here reaches beyond 127.0.0.1, and every server comes from an installed 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
@@ -170,6 +171,18 @@ def stack(tmp_path: Path) -> Iterator[DevStack]:
     dev = DevStack(tmp_path / "data", EXAMPLES, tmp_path / "defs").start()
     yield dev
     dev.stop()
+
+
+@contextlib.contextmanager
+def commits_on(engine: Engine) -> Iterator[list[object]]:
+    """The commits made on `engine` while the block runs: how many writes a path costs."""
+    commits: list[object] = []
+    count = commits.append  # one bound method, to remove the listener it was added as
+    event.listen(engine, "commit", count)
+    try:
+        yield commits
+    finally:
+        event.remove(engine, "commit", count)
 
 
 def client_with_plugin(env: WorkflowEnvironment, settings: Settings) -> Client:

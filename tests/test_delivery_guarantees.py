@@ -12,7 +12,6 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-import sqlalchemy
 from sqlalchemy.engine import Engine
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
@@ -25,6 +24,7 @@ from activities.unsubscribe import make_token, read_token, unsubscribe
 from parcours.contracts import DeliveryResult, SendMessageInput
 from parcours.errors import InputError
 from parcours.settings import Settings
+from tests.conftest import commits_on
 from tests.delivery import publish_templates, twilio_signature, with_providers
 from tests.fakes.push import FakePush
 from tests.fakes.sendgrid import FakeSendGrid
@@ -213,10 +213,7 @@ async def test_a_template_with_a_missing_variable_fails_only_its_delivery_naming
 async def test_a_first_attempt_claims_and_admits_its_message_in_one_write(
     hub: Engine, settings: Settings, fake_sendgrid: FakeSendGrid
 ) -> None:
-    commits: list[object] = []
-    count = commits.append  # one bound method, to remove the listener it was added as
-    sqlalchemy.event.listen(hub, "commit", count)
-    try:
+    with commits_on(hub) as commits:
         # The outbox: the one write both claims the message and records it sent.
         sent = await send(with_providers(settings), message("email", "promo-email"))
         refused = await send(with_providers(settings), message("email", "broken-email"))
@@ -227,8 +224,6 @@ async def test_a_first_attempt_claims_and_admits_its_message_in_one_write(
             with_providers(settings, sendgrid=fake_sendgrid), message("email", "promo-email")
         )
         assert (via.status, len(commits)) == ("sent", 2)
-    finally:
-        sqlalchemy.event.remove(hub, "commit", count)
 
 
 async def test_a_retried_send_after_an_outage_reaches_the_provider_once(

@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
-import sqlalchemy
 from sqlalchemy.engine import Engine
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
@@ -20,7 +19,7 @@ from parcours.loader import load_paths
 from parcours.records import NewEvent
 from parcours.settings import Settings
 from starter.routing import send_event
-from tests.conftest import EXAMPLES
+from tests.conftest import EXAMPLES, commits_on
 from tests.fakes.sendgrid import FakeSendGrid
 from tests.journeys import finish, run_worker
 
@@ -132,14 +131,9 @@ async def test_the_same_event_while_inside_starts_no_second_entry(
 async def test_an_event_nothing_follows_is_stored_routed_in_one_write(
     client: Client, engine: Engine, settings: Settings
 ) -> None:
-    commits: list[object] = []
-    count = commits.append  # one bound method, to remove the listener it was added as
-    sqlalchemy.event.listen(engine, "commit", count)
-    try:
+    with commits_on(engine) as commits:
         viewed = NewEvent(type="page_viewed", profile_id="ada", id="view-1")
         routed = await send_event(client, engine, settings, viewed)
-    finally:
-        sqlalchemy.event.remove(engine, "commit", count)
     assert (routed.duplicate, routed.journeys) == (False, [])
     assert unrouted(engine, ["view-1"]) == set() and len(commits) == 1
 

@@ -39,23 +39,20 @@ nodes:
 
 
 @pytest.fixture
-def sendgrid() -> Iterator[FakeSendGrid]:
-    with FakeSendGrid() as fake:
-        yield fake
-
-
-@pytest.fixture
-def stack(tmp_path: Path, sendgrid: FakeSendGrid) -> Iterator[DevStack]:
+def stack(tmp_path: Path, fake_sendgrid: FakeSendGrid) -> Iterator[DevStack]:
     (tmp_path / "defs").mkdir()
     (tmp_path / "defs" / "burst.yaml").write_text(BURST)
-    provider = {"SENDGRID_API_KEY": sendgrid.api_key, "PARCOURS_SENDGRID_URL": sendgrid.url}
+    provider = {
+        "SENDGRID_API_KEY": fake_sendgrid.api_key,
+        "PARCOURS_SENDGRID_URL": fake_sendgrid.url,
+    }
     dev = DevStack(tmp_path / "data", tmp_path / "defs", env=provider).start()
     yield dev
     dev.stop()
 
 
 def test_a_worker_killed_under_a_500_entry_load_loses_and_doubles_nothing(
-    stack: DevStack, sendgrid: FakeSendGrid, fault_summary: Callable[[str], None]
+    stack: DevStack, fake_sendgrid: FakeSendGrid, fault_summary: Callable[[str], None]
 ) -> None:
     key = (stack.data_dir / "api.key").read_text().strip()
     events = [{"type": "burst", "profile_id": f"p{n}", "id": f"burst-{n}"} for n in range(ENTRIES)]
@@ -74,7 +71,7 @@ def test_a_worker_killed_under_a_500_entry_load_loses_and_doubles_nothing(
             assert answer.status_code == 202 and answer.json()["accepted"] == 100
             if start == 200:
                 # In the middle of the load: sends and timers are under way.
-                wait_until(lambda: len(sendgrid.requests) >= 50, 60, "the first sends")
+                wait_until(lambda: len(fake_sendgrid.requests) >= 50, 60, "the first sends")
                 old = stack.pid("worker")
                 os.kill(old, signal.SIGKILL)
         wait_until(lambda: stack.pid("worker") != old, 30, "a new worker")
@@ -91,11 +88,11 @@ def test_a_worker_killed_under_a_500_entry_load_loses_and_doubles_nothing(
         rows = connection.execute(text("SELECT status, count(*) FROM deliveries GROUP BY 1"))
         statuses = Counter({status: count for status, count in rows})
     store.dispose()
-    received = Counter((mail.to[0], mail.subject) for mail in sendgrid.requests)
+    received = Counter((mail.to[0], mail.subject) for mail in fake_sendgrid.requests)
     doubled = [sent for sent, times in received.items() if times > 1]
     fault_summary(
         f"{ENTRIES} entries finished, "
-        f"{len(received)} distinct mails at the fake from {len(sendgrid.requests)} requests, "
+        f"{len(received)} distinct mails at the fake from {len(fake_sendgrid.requests)} requests, "
         f"duplicates {len(doubled)}, deliveries by status {dict(statuses)}"
     )
     assert doubled == []
