@@ -376,10 +376,14 @@ class PageSender:
         for recipient in unknown:
             if taken is None:
                 self._settle(recipient, "failed", ledger.UNKNOWN_OUTCOME)
-            elif (recipient.row["to_address"] or "").lower() in taken:
-                self._settle(recipient, "sent", None)
-            else:
+                continue
+            message_id = taken.get((recipient.row["to_address"] or "").lower())
+            if message_id is None:
                 recipient.row["status"] = "queued"
+            else:
+                self._settle(
+                    recipient, "sent", None, provider="sendgrid", message_id=message_id or None
+                )
 
     def _admit(self, pending: list[_Recipient], template: Template) -> list[_Recipient]:
         suppressed = self._suppressed_addresses(pending)

@@ -173,7 +173,13 @@ class DeliveryActivities(BoundActivities):
             if found is not None:
                 if claim.to.lower() not in found:
                     return None
-                return ledger.finish(self.engine, claim.delivery_id, "sent", provider="sendgrid")
+                return ledger.finish(
+                    self.engine,
+                    claim.delivery_id,
+                    "sent",
+                    provider="sendgrid",
+                    provider_message_id=found[claim.to.lower()] or None,
+                )
         if isinstance(sender, TwilioSms) and claim.to is not None and claim.sent_at is not None:
             sid = sms_taken(
                 self.engine, sender, request.profile_id, claim.to, claim.sent_at, claim.body

@@ -300,6 +300,8 @@ async def test_a_send_that_timed_out_after_sendgrid_took_it_is_not_sent_again(
     retried = await send(settings, request)
     assert retried.status == "sent"
     assert len(fake_sendgrid.requests) == 1 and fake_sendgrid.attempts == 1
+    # Found through Email Activity, and recorded with the id the send's answer would have had.
+    assert retried.provider_message_id == fake_sendgrid.requests[0].message_id
 
 
 async def test_an_interrupted_send_the_provider_never_got_is_sent_on_retry(
