@@ -29,6 +29,7 @@ from activities.catalog import known_segments
 from activities.channels import configured_senders
 from activities.channels.base import DELIVERY_TAG, Outgoing, ProviderError, Sender
 from activities.channels.email import MAX_PERSONALIZATIONS, SendGridEmail
+from activities.channels.sms import TwilioSms
 from activities.db import (
     CampaignAudienceRow,
     CampaignRow,
@@ -39,7 +40,7 @@ from activities.db import (
     ordered_ids,
     utcnow,
 )
-from activities.delivery import address_of, no_address, send_clock
+from activities.delivery import address_of, no_address, retry_delay, send_clock, sms_taken
 from activities.rendering import RenderError, message_context, profile_json
 from activities.rule_sql import members_query
 from parcours.contracts import (
@@ -360,14 +361,29 @@ class PageSender:
         if not unknown:
             return
         sender = self.senders.get(self.channel)
+        if isinstance(sender, TwilioSms):
+            for recipient in unknown:
+                row = recipient.row
+                sid = sms_taken(
+                    self.engine, sender, recipient.profile_id, row["to_address"], row["sent_at"]
+                )
+                if sid is None:
+                    row["status"] = "queued"
+                else:
+                    self._settle(recipient, "sent", None, provider=sender.provider, message_id=sid)
+            return
         taken = sender.sent_to(PAGE_TAG, self.tag) if isinstance(sender, SendGridEmail) else None
         for recipient in unknown:
             if taken is None:
                 self._settle(recipient, "failed", ledger.UNKNOWN_OUTCOME)
-            elif (recipient.row["to_address"] or "").lower() in taken:
-                self._settle(recipient, "sent", None)
-            else:
+                continue
+            message_id = taken.get((recipient.row["to_address"] or "").lower())
+            if message_id is None:
                 recipient.row["status"] = "queued"
+            else:
+                self._settle(
+                    recipient, "sent", None, provider="sendgrid", message_id=message_id or None
+                )
 
     def _admit(self, pending: list[_Recipient], template: Template) -> list[_Recipient]:
         suppressed = self._suppressed_addresses(pending)
@@ -487,8 +503,9 @@ class PageSender:
                 self._touched(recipient)
             # Either way the page is tried again; an ambiguous row is reconciled first.
             self.release.append(row["id"])
-            if exc.retry_after:
-                self._retry_after = timedelta(seconds=exc.retry_after)
+            delay = retry_delay(exc, self.settings)
+            if delay:
+                self._retry_after = timedelta(seconds=delay)
         else:
             self._settle(recipient, "failed", exc.message)
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from sqlalchemy.engine import Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -16,6 +17,7 @@ from activities.bound import BoundActivities
 from activities.channels import configured_senders
 from activities.channels.base import DELIVERY_TAG, Outgoing, ProviderError, Sender
 from activities.channels.email import SendGridEmail
+from activities.channels.sms import TwilioSms
 from activities.db import utcnow
 from activities.profiles import write_session
 from activities.rendering import RenderError, message_context, render
@@ -115,15 +117,10 @@ class DeliveryActivities(BoundActivities):
     ) -> DeliveryResult:
         """An earlier attempt stopped during the provider call: ask the provider whether it
         took the message, and send it only when it certainly did not."""
-        taken = self._taken(request.channel, claim.delivery_id, claim.to)
-        if taken is None:
-            return ledger.finish(
-                self.engine, claim.delivery_id, "failed", reason=ledger.UNKNOWN_OUTCOME
-            )
+        found = self._found(request, claim)
+        if found is not None:
+            return found
         sender = self.senders.get(request.channel)
-        if taken:
-            provider = sender.provider if sender else "outbox"
-            return ledger.finish(self.engine, claim.delivery_id, "sent", provider=provider)
         if isinstance(prepared, ledger.Refusal):
             return ledger.finish(
                 self.engine, claim.delivery_id, prepared.status, reason=prepared.reason
@@ -165,15 +162,36 @@ class DeliveryActivities(BoundActivities):
             provider_message_id=message_id,
         )
 
-    def _taken(self, channel: str, delivery_id: str, to: str | None) -> bool | None:
-        """Whether the provider holds this message; None when it cannot say."""
-        sender = self.senders.get(channel)
-        if sender is None:
-            return True  # the outbox: the ledger row is the message
-        if not isinstance(sender, SendGridEmail) or to is None:
-            return None
-        found = sender.sent_to(DELIVERY_TAG, delivery_id)
-        return None if found is None else to.lower() in found
+    def _found(self, request: SendMessageInput, claim: ledger.Claim) -> DeliveryResult | None:
+        """The unknown attempt settled as sent when the provider holds the message, as failed
+        when it cannot say; None when it holds no trace of it, so it is sent now."""
+        sender = self.senders.get(request.channel)
+        if sender is None:  # the outbox: the ledger row is the message
+            return ledger.finish(self.engine, claim.delivery_id, "sent", provider="outbox")
+        if isinstance(sender, SendGridEmail) and claim.to is not None:
+            found = sender.sent_to(DELIVERY_TAG, claim.delivery_id)
+            if found is not None:
+                if claim.to.lower() not in found:
+                    return None
+                return ledger.finish(
+                    self.engine,
+                    claim.delivery_id,
+                    "sent",
+                    provider="sendgrid",
+                    provider_message_id=found[claim.to.lower()] or None,
+                )
+        if isinstance(sender, TwilioSms) and claim.to is not None and claim.sent_at is not None:
+            sid = sms_taken(
+                self.engine, sender, request.profile_id, claim.to, claim.sent_at, claim.body
+            )
+            if sid is None:
+                return None
+            return ledger.finish(
+                self.engine, claim.delivery_id, "sent", provider="twilio", provider_message_id=sid
+            )
+        return ledger.finish(
+            self.engine, claim.delivery_id, "failed", reason=ledger.UNKNOWN_OUTCOME
+        )
 
     def _refused(
         self, delivery_id: str, channel: str, address: str, exc: ProviderError
@@ -190,8 +208,37 @@ class DeliveryActivities(BoundActivities):
             # The provider answered, or was never reached: it did not take the message.
             ledger.release(self.engine, delivery_id, exc.message)
         raise ApplicationError(
-            exc.message, type="ProviderUnavailable", next_retry_delay=_seconds(exc.retry_after)
+            exc.message,
+            type="ProviderUnavailable",
+            next_retry_delay=_seconds(retry_delay(exc, self.settings)),
         ) from exc
+
+
+def retry_delay(exc: ProviderError, settings: Settings) -> float | None:
+    """When to try a refused send again: the provider's Retry-After, if it said one. A request
+    that got no answer may still land at the provider, and the retry asks the provider about
+    it first: the retry waits for it as long again as the client did."""
+    if exc.ambiguous:
+        return max(exc.retry_after or 0.0, settings.provider_timeout_seconds)
+    return exc.retry_after
+
+
+def sms_taken(
+    engine: Engine,
+    sender: TwilioSms,
+    profile_id: str,
+    to: str,
+    since: datetime,
+    body: str | None = None,
+) -> str | None:
+    """The sid of a message Twilio holds for an attempt to `to` that began at `since`, or None.
+
+    Twilio keeps no id of ours, so a message counts as this attempt's when it went to the
+    number from our sender (with the same body, when the ledger kept it), since the attempt
+    began, and no other delivery of the profile holds its sid.
+    """
+    found = sender.sent_since(to, since, body)
+    return next(iter(ledger.unclaimed(engine, profile_id, sender.provider, found)), None)
 
 
 _MISSING = {

@@ -3,8 +3,9 @@
 A retried, replayed or restarted activity finds its row by idempotency key and does not send
 again. A row left in `sending` means an attempt stopped during the provider call, so whether
 the provider took the message is unknown: the provider is asked (SendGrid's Email Activity, by
-the delivery id in the mail's custom args) and the message is sent again only if it has no
-trace of it; a provider that cannot say leaves it failed rather than sent a second time.
+the delivery id in the mail's custom args; Twilio's message list, by number, sender, body and
+time) and the message is sent again only if it has no trace of it; a provider that cannot say
+leaves it failed rather than sent a second time.
 """
 
 from __future__ import annotations
@@ -47,7 +48,10 @@ class Claim:
     settled: DeliveryResult | None
     # An earlier attempt stopped during the provider call: ask the provider before sending.
     unknown: bool = False
+    # What that attempt sent, and when: what the provider is asked about.
     to: str | None = None
+    body: str | None = None
+    sent_at: datetime | None = None
 
 
 def claim(engine: Engine, request: SendMessageInput, now: datetime | None = None) -> Claim:
@@ -95,7 +99,9 @@ def _find_or_add(
 def _claim_of(row: DeliveryRow) -> Claim:
     """What an earlier attempt left in the row: settled, unknown, or still to do."""
     if row.status == "sending":
-        return Claim(row.id, None, unknown=True, to=row.to_address)
+        return Claim(
+            row.id, None, unknown=True, to=row.to_address, body=row.body, sent_at=row.sent_at
+        )
     if row.status in FINAL:
         return Claim(row.id, _result(row))
     return Claim(row.id, None)
@@ -272,6 +278,24 @@ def marketing_sent(
         .group_by(DeliveryRow.profile_id)
     ).all()
     return {profile_id: count for profile_id, count in rows}
+
+
+def unclaimed(
+    engine: Engine, profile_id: str, provider: str, message_ids: Sequence[str]
+) -> list[str]:
+    """The provider's message ids, of the given ones, that none of the profile's deliveries
+    holds: what a message found at the provider may still be the delivery of."""
+    with Session(engine) as session:
+        held = set(
+            session.scalars(
+                select(DeliveryRow.provider_message_id).where(
+                    DeliveryRow.profile_id == profile_id,
+                    DeliveryRow.provider == provider,
+                    DeliveryRow.provider_message_id.in_(message_ids),
+                )
+            )
+        )
+    return [m for m in message_ids if m not in held]
 
 
 def release(engine: Engine, delivery_id: str, reason: str) -> None:

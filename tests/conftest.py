@@ -24,6 +24,7 @@ from parcours.settings import Settings
 from starter.binaries import temporal_cli, temporal_test_server
 from starter.search_attributes import register
 from tests.fakes.sendgrid import FakeSendGrid
+from tests.fakes.twilio import FakeTwilio
 from tests.postgres import postgres_server
 from tests.stack import NO_QUIET_HOURS, DevStack
 
@@ -45,8 +46,8 @@ def _no_ambient_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
-    with postgres_server() as url:
-        yield url
+    with postgres_server() as server:
+        yield server.url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -85,6 +86,12 @@ def engine(settings: Settings) -> Engine:
 @pytest.fixture
 def fake_sendgrid() -> Iterator[FakeSendGrid]:
     with FakeSendGrid() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake_twilio() -> Iterator[FakeTwilio]:
+    with FakeTwilio() as fake:
         yield fake
 
 

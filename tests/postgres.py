@@ -1,4 +1,5 @@
-"""A throwaway PostgreSQL server for the test session (Debian's `postgresql` binaries).
+"""Throwaway PostgreSQL servers for the tests (Debian's `postgresql` binaries): one for the test
+session, and private ones for tests that stop theirs (tests/faults).
 
 PostgreSQL refuses to run as root, so as root the cluster is created and run as the
 `postgres` user, in a data dir that user owns. It listens on 127.0.0.1 only.
@@ -14,6 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 from tests.stack import free_port
 
@@ -26,54 +28,63 @@ def bindir() -> Path | None:
     return Path(found).parent if found else None
 
 
-@contextmanager
-def postgres_server() -> Iterator[str]:
-    """Yield a server URL (no database part) and stop the server afterwards."""
-    binaries = bindir()
-    if binaries is None:
-        raise RuntimeError(
-            "PostgreSQL is not installed: `make test` installs Debian's `postgresql` package"
-        )
-    root = Path(tempfile.mkdtemp(prefix="parcours-pg-"))
-    data = root / "data"
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres", "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    port = free_port()
+class PostgresServer:
+    """A cluster of its own in a temporary directory, on a free port it keeps across restarts."""
 
-    def run(*command: str) -> None:
-        subprocess.run([*as_user, *command], check=True, capture_output=True, cwd=root)
+    def __init__(self) -> None:
+        binaries = bindir()
+        if binaries is None:
+            raise RuntimeError(
+                "PostgreSQL is not installed: `make test` installs Debian's `postgresql` package"
+            )
+        self.binaries = binaries
+        self.root = Path(tempfile.mkdtemp(prefix="parcours-pg-"))
+        self.data = self.root / "data"
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres", "postgres")
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self.port = free_port()
+        # A server URL (no database part).
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}"
+        self._run(
+            "initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+            "--no-sync",
+        )  # fmt: skip
 
-    run(
-        str(binaries / "initdb"),
-        "-D",
-        str(data),
-        "-U",
-        "postgres",
-        "--auth=trust",
-        "-E",
-        "UTF8",
-        "--no-sync",
-    )
-    options = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={root} -c fsync=off -c max_connections=200"
-    run(
-        str(binaries / "pg_ctl"),
-        "-D",
-        str(data),
-        "-o",
-        options,
-        "-l",
-        str(root / "log"),
-        "-w",
-        "start",
-    )
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
-    finally:
+    def _run(self, program: str, *args: str, check: bool = True) -> None:
         subprocess.run(
-            [*as_user, str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            [*self.as_user, str(self.binaries / program), *args],
+            check=check,
             capture_output=True,
-            cwd=root,
+            cwd=self.root,
         )
-        shutil.rmtree(root, ignore_errors=True)
+
+    def start(self) -> None:
+        options = (
+            f"-c listen_addresses=127.0.0.1 -c port={self.port} "
+            f"-c unix_socket_directories={self.root} -c fsync=off -c max_connections=200"
+        )
+        self._run(
+            "pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "log"),
+            "-w", "start",
+        )  # fmt: skip
+
+    def stop(self, mode: Literal["fast", "immediate"] = "immediate") -> None:
+        """`immediate` is a crash: every backend killed, no checkpoint, recovery at start."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "stop", check=False)
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextmanager
+def postgres_server() -> Iterator[PostgresServer]:
+    """A started server, stopped and removed afterwards."""
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()

@@ -300,6 +300,8 @@ async def test_a_send_that_timed_out_after_sendgrid_took_it_is_not_sent_again(
     retried = await send(settings, request)
     assert retried.status == "sent"
     assert len(fake_sendgrid.requests) == 1 and fake_sendgrid.attempts == 1
+    # Found through Email Activity, and recorded with the id the send's answer would have had.
+    assert retried.provider_message_id == fake_sendgrid.requests[0].message_id
 
 
 async def test_an_interrupted_send_the_provider_never_got_is_sent_on_retry(
@@ -318,18 +320,41 @@ async def test_an_interrupted_send_the_provider_never_got_is_sent_on_retry(
     assert mail.custom_args == {"parcours_delivery_id": claim.delivery_id}
 
 
-async def test_an_sms_whose_outcome_is_unknown_is_not_sent_twice(
+async def test_an_sms_whose_outcome_is_unknown_is_found_at_twilio_and_not_sent_twice(
     hub: Engine, settings: Settings, twilio: FakeTwilio
 ) -> None:
     settings = with_providers(settings, twilio=twilio).model_copy(
         update={"provider_timeout_seconds": 0.5}
     )
-    twilio.hang_next(1.5)
+    twilio.hang_next(1.5)  # answers after the client gave up, and keeps the message
+    request = message("sms", "promo-sms")
+    with pytest.raises(ApplicationError) as raised:
+        await send(settings, request)
+    # The retry asks Twilio only once the request had as long again to land.
+    assert raised.value.next_retry_delay == timedelta(seconds=0.5)
+    [sms] = twilio.wait_for(1)
+    # Twilio holds no id of ours: the message to this number, with this text, since the attempt.
+    retried = await send(settings, request)
+    assert (retried.status, retried.provider_message_id) == ("sent", sms.sid)
+    assert len(twilio.requests) == 1 and twilio.attempts == 1
+
+
+async def test_an_sms_twilio_never_took_is_sent_on_retry_though_it_sent_the_same_text_before(
+    hub: Engine, settings: Settings, twilio: FakeTwilio
+) -> None:
+    settings = with_providers(settings, twilio=twilio).model_copy(
+        update={"provider_timeout_seconds": 0.5}
+    )
+    earlier = await send(settings, message("sms", "promo-sms"))
+    twilio.hang_next(1.0)
+    twilio.fail_next(503)  # after the hang: the client gave up, and Twilio took nothing
     request = message("sms", "promo-sms")
     with pytest.raises(ApplicationError):
         await send(settings, request)
-    twilio.wait_for(1)
-    # Twilio cannot be asked about one message by our id: failed, never sent twice.
+    # The earlier message matches number, sender, text and time, but its delivery holds it.
     retried = await send(settings, request)
-    assert (retried.status, retried.reason) == ("failed", ledger.UNKNOWN_OUTCOME)
-    assert len(twilio.requests) == 1
+    assert retried.status == "sent" and retried.provider_message_id != earlier.provider_message_id
+    assert [t.sid for t in twilio.wait_for(2)] == [
+        earlier.provider_message_id,
+        retried.provider_message_id,
+    ]

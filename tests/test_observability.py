@@ -307,7 +307,7 @@ async def test_readyz_says_the_database_is_not_ready_when_it_is_down(
         return time_skipping_env.client
 
     with postgres_server() as server:
-        url = f"{server}/postgres"
+        url = f"{server.url}/postgres"
         settings = Settings.load(tmp_path / "pg", env={"PARCOURS_DATABASE_URL": url})
         http = asgi(create_app(settings, client, keys=[KEY]), key=None)
         assert (await http.get("/readyz")).status_code == 200

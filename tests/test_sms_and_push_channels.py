@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -57,6 +58,26 @@ def test_an_sms_reaches_twilio_from_the_number_or_the_messaging_service(twilio: 
     assert (first.sid, first.from_, first.body) == (sid, "+15005550006", "Your code is 1234")
     assert first.status_callback == "https://x.test/status?delivery=d1"
     assert (second.sid, second.from_, second.messaging_service_sid) == (via_service, None, "MG123")
+
+
+def test_twilio_is_asked_what_it_sent_by_number_sender_text_and_time(twilio: FakeTwilio) -> None:
+    before = datetime.now(UTC) - timedelta(minutes=5)
+    by_number = sms(twilio)
+    first = by_number.send(TEXT)
+    other_text = by_number.send(TEXT.model_copy(update={"text": "Another"}))
+    by_number.send(TEXT.model_copy(update={"to": "+33699999999"}))
+    via_service = sms(twilio, from_number=None, messaging_service_sid="MG123")
+    from_service = via_service.send(TEXT)
+
+    assert by_number.sent_since(TEXT.to, before) == [first, other_text]
+    assert by_number.sent_since(TEXT.to, before, TEXT.text) == [first]
+    assert via_service.sent_since(TEXT.to, before, TEXT.text) == [from_service]
+    # Twilio's clock may be a little behind: a minute of slack, not more.
+    assert by_number.sent_since(TEXT.to, datetime.now(UTC) + timedelta(seconds=30)) != []
+    assert by_number.sent_since(TEXT.to, datetime.now(UTC) + timedelta(minutes=5)) == []
+    wrong = TwilioSms(twilio.account_sid, "nope", from_number="+15005550006", base_url=twilio.url)
+    with pytest.raises(ProviderError, match="Twilio 401"):
+        wrong.sent_since(TEXT.to, before)
 
 
 def test_twilio_needs_a_sender() -> None:

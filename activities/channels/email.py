@@ -81,9 +81,12 @@ class SendGridEmail:
         return self._post(body)
 
     @provider_request("lookup")
-    def sent_to(self, key: str, value: str, limit: int = MAX_PERSONALIZATIONS) -> set[str] | None:
-        """The addresses SendGrid holds a mail for with custom arg `key` = `value`, from its
-        Email Activity API; None when that API is not available to this account."""
+    def sent_to(
+        self, key: str, value: str, limit: int = MAX_PERSONALIZATIONS
+    ) -> dict[str, str] | None:
+        """The addresses SendGrid holds a mail for with custom arg `key` = `value`, each with
+        the mail's message id, from its Email Activity API; None when that API is not
+        available to this account."""
         query = f"unique_args['{key}']=\"{value}\""
         try:
             response = self._sg.client.messages.get(query_params={"query": query, "limit": limit})
@@ -94,7 +97,11 @@ class SendGridEmail:
         except (OSError, http.client.HTTPException) as err:
             raise unreachable("SendGrid", err) from err
         messages = json.loads(response.body or b"{}").get("messages", [])
-        return {str(m.get("to_email", "")).lower() for m in messages}
+        # Activity's msg_id is the send's X-Message-Id followed by SendGrid's own suffix.
+        return {
+            str(m.get("to_email", "")).lower(): str(m.get("msg_id", "")).split(".")[0]
+            for m in messages
+        }
 
     def _post(self, body: dict[str, Any]) -> str:
         try:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import requests
-from twilio.base.exceptions import TwilioRestException
+from twilio.base import values
+from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
@@ -19,6 +22,12 @@ from activities.channels.base import (
     unreachable,
 )
 from activities.metrics import provider_request
+
+# How far back of an attempt's start a lookup reaches: Twilio dates a message to the second, on
+# its own clock.
+CLOCK_SLACK = timedelta(seconds=60)
+# Messages to one number a lookup reads, newest first.
+LOOKUP_LIMIT = 50
 
 # Twilio error codes that say something about the recipient rather than the request.
 OPTED_OUT = 21610  # "Attempt to send to unsubscribed recipient": the phone replied STOP
@@ -84,6 +93,33 @@ class TwilioSms:
             raise unreachable("Twilio", err, never_connected=_never_connected(err)) from err
         return str(sent.sid)
 
+    @provider_request("lookup")
+    def sent_since(self, to: str, since: datetime, body: str | None = None) -> list[str]:
+        """The sids of the messages Twilio holds to `to` from this sender, created since
+        `since` (with `body`, when given), oldest first.
+
+        Twilio keeps no id of ours on a message (its status callback URL is not part of the
+        resource), so what it does keep is the key: number, sender, body and time.
+        """
+        client, http = self._client()
+        since = (since if since.tzinfo else since.replace(tzinfo=UTC)) - CLOCK_SLACK
+        try:
+            found = client.messages.list(
+                to=to, from_=self._from or values.unset, limit=LOOKUP_LIMIT
+            )
+        except TwilioException as err:
+            raise _provider_error(_refused_page(err), http) from None
+        except requests.RequestException as err:
+            raise unreachable("Twilio", err, never_connected=_never_connected(err)) from err
+        return [
+            str(m.sid)
+            for m in reversed(found)
+            if m.date_created is not None
+            and m.date_created >= since
+            and (self._service is None or m.messaging_service_sid == self._service)
+            and (body is None or m.body == body)
+        ]
+
 
 class _HeaderKeepingHttpClient(TwilioHttpClient):  # type: ignore[misc]  # untyped library
     """The library drops response headers before raising: keep 429's `Retry-After`."""
@@ -94,6 +130,22 @@ class _HeaderKeepingHttpClient(TwilioHttpClient):  # type: ignore[misc]  # untyp
         response = super().request(*args, **kwargs)
         self.retry_after = (response.headers or {}).get("Retry-After")
         return response
+
+
+def _refused_page(err: TwilioException) -> TwilioRestException:
+    """A list page Twilio refused comes as a bare TwilioException holding the response: read
+    it as the error a refused send would have raised."""
+    if isinstance(err, TwilioRestException):
+        return err
+    response = err.args[1] if len(err.args) > 1 else None
+    status = int(getattr(response, "status_code", 500))
+    try:
+        body = json.loads(getattr(response, "text", "") or "{}")
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        body = {}  # a proxy's page, not Twilio's
+    return TwilioRestException(status, "", str(body.get("message", err)), body.get("code"))
 
 
 def _provider_error(err: TwilioRestException, http: _HeaderKeepingHttpClient) -> ProviderError:

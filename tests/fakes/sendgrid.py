@@ -92,7 +92,11 @@ class FakeSendGrid(FakeProvider[RecordedMail]):
             return _reply(400, _errors([("invalid query", "query")]))
         limit = int(params.get("limit", ["10"])[0])
         found = [
-            {"msg_id": m.message_id, "to_email": m.to[0], "status": "delivered"}
+            {
+                "msg_id": f"{m.message_id}.filterdrecv-5645d9c87f-2x4bn-1-0",
+                "to_email": m.to[0],
+                "status": "delivered",
+            }
             for m in self.requests
             if m.custom_args.get(match["key"]) == match["value"]
         ]
