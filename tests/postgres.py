@@ -53,12 +53,20 @@ class PostgresServer:
         )  # fmt: skip
 
     def _run(self, program: str, *args: str, check: bool = True) -> None:
-        subprocess.run(
+        done = subprocess.run(
             [*self.as_user, str(self.binaries / program), *args],
-            check=check,
             capture_output=True,
+            text=True,
             cwd=self.root,
         )
+        if check and done.returncode != 0:
+            # What PostgreSQL said, so a test that cannot get its server says why.
+            log = self.root / "log"
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise RuntimeError(
+                f"{program} {' '.join(args)} exited with {done.returncode}:\n"
+                f"{done.stdout}{done.stderr}{tail}"
+            )
 
     def start(self) -> None:
         options = (
