@@ -30,35 +30,12 @@ from tests.conftest import client_with_plugin
 from tests.delivery import with_providers
 from tests.fakes.sendgrid import FakeSendGrid
 from tests.fakes.twilio import FakeTwilio
-from tests.faults.load import add_people, completed, enter, phone
+from tests.faults.load import add_people, completed, enter, order_receipt, phone
 from tests.postgres import PostgresServer, postgres_server
 from tests.stack import NO_QUIET_HOURS
 
 ENTRIES = 150
 OUTAGE_SECONDS = 4.0
-ORDER_JOURNEY = """
-kind: template
-id: receipt-email
-channel: email
-subject: "Order {{ event.properties.order }}"
-body: "Thanks for order {{ event.properties.order }}"
----
-kind: template
-id: receipt-sms
-channel: sms
-body: "Order {{ event.properties.order }} confirmed"
----
-kind: journey
-id: order-receipt
-entry: {event: ordered}
-start: settle
-nodes:
-  # Every entry is in before the first send, so the outage falls among sends only.
-  - {id: settle, type: wait, duration: 2s, next: mail}
-  - {id: mail, type: message, channel: email, template: receipt-email, next: text}
-  - {id: text, type: message, channel: sms, template: receipt-sms, next: done}
-  - {id: done, type: end}
-"""
 
 
 @pytest.fixture
@@ -111,7 +88,7 @@ async def test_a_database_outage_during_sends_loses_and_doubles_nothing(
         twilio=fake_twilio,
     )
     engine: Engine = engine_for(url)
-    (tmp_path / "order.yaml").write_text(ORDER_JOURNEY)
+    (tmp_path / "order.yaml").write_text(order_receipt(settle="2s"))
     apply_paths(engine, [tmp_path / "order.yaml"])
     add_people(engine, ENTRIES)
 

@@ -19,30 +19,9 @@ from tests.delivery import with_providers
 from tests.fakes.sendgrid import FakeSendGrid
 from tests.fakes.server import Failure
 from tests.fakes.twilio import FakeTwilio
-from tests.faults.load import add_people, completed, enter, phone
+from tests.faults.load import add_people, completed, enter, order_receipt, phone
 
 ENTRIES = 200
-ORDER_JOURNEY = """
-kind: template
-id: receipt-email
-channel: email
-subject: "Order {{ event.properties.order }}"
-body: "Thanks for order {{ event.properties.order }}"
----
-kind: template
-id: receipt-sms
-channel: sms
-body: "Order {{ event.properties.order }} confirmed"
----
-kind: journey
-id: order-receipt
-entry: {event: ordered}
-start: mail
-nodes:
-  - {id: mail, type: message, channel: email, template: receipt-email, next: text}
-  - {id: text, type: message, channel: sms, template: receipt-sms, next: done}
-  - {id: done, type: end}
-"""
 STORM = [Failure(503)] * 4 + [Failure(429, retry_after=1)]
 
 
@@ -55,7 +34,7 @@ async def test_every_message_arrives_exactly_once_through_a_provider_storm(
     tmp_path: Path,
     fault_summary: Callable[[str], None],
 ) -> None:
-    (tmp_path / "order.yaml").write_text(ORDER_JOURNEY)
+    (tmp_path / "order.yaml").write_text(order_receipt())
     apply_paths(engine, [tmp_path / "order.yaml"])
     add_people(engine, ENTRIES)
     settings = with_providers(settings, sendgrid=fake_sendgrid, twilio=fake_twilio)
