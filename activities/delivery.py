@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import catalog, events, ledger, metrics, profiles, suppression
+from activities import catalog, events, finishes, ledger, metrics, profiles, suppression
 from activities.bound import BoundActivities
 from activities.channels import configured_senders
 from activities.channels.base import DELIVERY_TAG, Outgoing, ProviderError, Sender
@@ -37,7 +37,16 @@ class DeliveryActivities(BoundActivities):
     @activity.defn(name="send_message")
     async def send_message(self, request: SendMessageInput) -> DeliveryResult:
         # The store and the provider libraries block: keep them off the worker's event loop.
-        return await asyncio.to_thread(self._send, request)
+        return await asyncio.to_thread(self._send_then_finish, request)
+
+    def _send_then_finish(self, request: SendMessageInput) -> DeliveryResult:
+        result = self._send(request)
+        if request.finish is None or result.not_before is not None:
+            return result
+        # The entry ends right after this message: recording its finish here saves the
+        # workflow a local activity, about a tenth of what a short entry costs the worker.
+        finishes.record_finish(self.engine, request.finish)
+        return result.model_copy(update={"finish_recorded": True})
 
     def _send(self, request: SendMessageInput) -> DeliveryResult:
         now = send_clock(request.now)

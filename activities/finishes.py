@@ -2,7 +2,8 @@
 
 The workflow keeps its path in its own state; when an entry ends or leaves, one row says where
 it ended, why, and how often it entered each node. That is all `journeys show` needs for
-"passed" and "exited here", at the cost of one local activity per entry.
+"passed" and "exited here", at the cost of one local activity per entry; none when the entry
+ends right after a message, whose send records it.
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ import functools
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from sqlalchemy import Insert, insert, select
+from sqlalchemy import Insert, insert, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
 from temporalio import activity
 
 from activities.bound import BoundActivities
@@ -23,24 +23,31 @@ from parcours.contracts import EntryFinished
 
 
 def record_finish(engine: Engine, finished: EntryFinished) -> None:
-    """Store the entry's finish; a retried activity finds it stored and changes nothing."""
+    """Store the entry's finish, replacing the one stored for it before: a retried activity
+    writes the same row again, and an entry whose last send recorded it as ended, but which
+    left on an exit heard in the same moment, corrects it."""
     values = finished.model_dump()
     dialect = engine.dialect.name
     if dialect in ("sqlite", "postgresql"):
         with engine.begin() as connection:
-            connection.execute(_insert_once(dialect), values)
+            connection.execute(_upsert(dialect), values)
         return
-    try:
-        with engine.begin() as connection:
+    key = (JourneyFinishRow.workflow_id == finished.workflow_id) & (
+        JourneyFinishRow.first_run_id == finished.first_run_id
+    )
+    with engine.begin() as connection:
+        if not connection.execute(update(JourneyFinishRow).where(key).values(values)).rowcount:
             connection.execute(insert(JourneyFinishRow).values(values))
-    except IntegrityError:
-        pass  # recorded by an earlier attempt
 
 
 @functools.cache
-def _insert_once(dialect: str) -> Insert:
+def _upsert(dialect: str) -> Insert:
     # Built once, its values bound at each execution: one entry finishes per journey entry.
-    return dialect_insert(dialect)(JourneyFinishRow).on_conflict_do_nothing()
+    statement = dialect_insert(dialect)(JourneyFinishRow)
+    return statement.on_conflict_do_update(
+        index_elements=[JourneyFinishRow.workflow_id, JourneyFinishRow.first_run_id],
+        set_={c: statement.excluded[c] for c in ("node", "exit", "visits", "finished_at")},
+    )
 
 
 @dataclass

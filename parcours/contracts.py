@@ -108,6 +108,8 @@ class SendMessageInput(BaseModel):
     # The workflow's clock when it asked: in tests on a time-skipping server it runs ahead of
     # the wall clock, and quiet hours and caps must be judged at the journey's time.
     now: datetime | None = None
+    # The entry ends right after this message: its finish, recorded with the settled send.
+    finish: EntryFinished | None = None
 
 
 class DeliveryResult(BaseModel):
@@ -117,6 +119,8 @@ class DeliveryResult(BaseModel):
     provider_message_id: str | None = None
     # Set on a message held by quiet hours: the workflow sleeps until then and asks again.
     not_before: datetime | None = None
+    # The request's `finish` is stored: the workflow need not record it again.
+    finish_recorded: bool = False
 
 
 class RecheckResult(BaseModel):

@@ -78,7 +78,7 @@ async def test_finished_entries_are_counted_per_node_with_exit_reasons(
     assert rows["vip-mail"].passed == 0
 
 
-def test_a_finish_recorded_twice_counts_once(engine: Engine) -> None:
+def test_a_finish_recorded_again_counts_once_and_the_last_one_holds(engine: Engine) -> None:
     finished = EntryFinished(
         workflow_id="journey:j:ada",
         first_run_id="run-1",
@@ -94,6 +94,15 @@ def test_a_finish_recorded_twice_counts_once(engine: Engine) -> None:
     with engine.connect() as connection:
         assert connection.execute(select(func.count()).select_from(JourneyFinishRow)).scalar() == 1
     assert node_counts(engine, "j")[2].ended == {"done": 1}
+
+    # The last send recorded it as ended, but an exit heard at that moment won: corrected.
+    record_finish(engine, finished.model_copy(update={"exit": "order_completed"}))
+    counts = node_counts(engine, "j")[2]
+    assert (counts.finished, counts.ended, counts.exits) == (
+        1,
+        {},
+        {"done": {"order_completed": 1}},
+    )
 
 
 SLOW = """

@@ -31,13 +31,15 @@ nodes:
 """
 
 
-async def eventually(check, what: str):  # type: ignore[no-untyped-def]
-    for _ in range(100):
+async def eventually(check, what: str, seconds: float = 30.0):  # type: ignore[no-untyped-def]
+    # Visibility lags behind the workflows, the more so on a loaded machine: poll, within a
+    # bound generous enough for two busy cores.
+    for _ in range(int(seconds / 0.1)):
         value = await check()
         if value:
             return value
         await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}")
 
 
 async def test_pause_resume_and_stop(

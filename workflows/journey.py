@@ -93,6 +93,8 @@ class JourneyWorkflow:
         self._indexed_node = input.journey.start
         # A `wait_for_event` carried over from the previous run: its deadline.
         self._waiting_until: datetime | None = None
+        # The finish the last message's send recorded, when the entry was to end right after.
+        self._recorded: EntryFinished | None = None
         if input.resume is not None:
             self._seen = input.resume.seen
             self._visits = input.resume.visits
@@ -145,25 +147,46 @@ class JourneyWorkflow:
 
     async def _record_finish(self) -> None:
         """One row per entry for reports (`journeys show`): a local activity, so it costs no
-        round trip to the server, and no Temporal action per node."""
-        info = workflow.info()
+        round trip to the server, and no Temporal action per node. None at all when the last
+        message's send recorded this same finish."""
         assert self._node is not None
+        finish = self._finish(self._node, self._exit, self._visits)
+        recorded = self._recorded
+        if recorded is not None and (recorded.node, recorded.exit, recorded.visits) == (
+            finish.node,
+            finish.exit,
+            finish.visits,
+        ):
+            return
         await workflow.execute_local_activity(
             "record_finish",
-            EntryFinished(
-                workflow_id=info.workflow_id,
-                first_run_id=info.first_execution_run_id,
-                journey_id=self._input.journey.id,
-                version=self._input.version,
-                profile_id=self._input.profile_id,
-                node=self._node,
-                exit=self._exit,
-                visits=self._visits,
-                finished_at=workflow.now(),
-            ),
+            finish,
             start_to_close_timeout=STEP_TIMEOUT,
             summary="record the finish",
         )
+
+    def _finish(self, node_id: str, exit: str | None, visits: dict[str, int]) -> EntryFinished:
+        info = workflow.info()
+        return EntryFinished(
+            workflow_id=info.workflow_id,
+            first_run_id=info.first_execution_run_id,
+            journey_id=self._input.journey.id,
+            version=self._input.version,
+            profile_id=self._input.profile_id,
+            node=node_id,
+            exit=exit,
+            visits=visits,
+            finished_at=workflow.now(),
+        )
+
+    def _finish_after(self, node: MessageNode) -> EntryFinished | None:
+        """The finish to record with this message's send, when the entry ends right after it:
+        at the `end` node, entered once more."""
+        following = self._input.journey.node(node.next)
+        if not self._input.record_finish or not isinstance(following, EndNode):
+            return None
+        visits = {**self._visits, following.id: self._visits.get(following.id, 0) + 1}
+        return self._finish(following.id, None, visits)
 
     def _history_too_long(self) -> bool:
         info = workflow.info()
@@ -383,14 +406,17 @@ class JourneyWorkflow:
         return node.next
 
     async def _send(self, request: SendMessageInput, node: MessageNode) -> DeliveryResult:
+        finish = self._finish_after(node)
         result: DeliveryResult = await workflow.execute_activity(
             "send_message",
-            request.model_copy(update={"now": workflow.now()}),
+            request.model_copy(update={"now": workflow.now(), "finish": finish}),
             result_type=DeliveryResult,
             start_to_close_timeout=SEND_TIMEOUT,
             retry_policy=SEND_RETRY,
             summary=node.summary(),
         )
+        if result.finish_recorded:
+            self._recorded = finish
         return result
 
     async def _update_profile(self, node: UpdateProfileNode) -> str:
