@@ -312,21 +312,23 @@ class _Version:
 _parsed: dict[str, Journey] = {}
 
 
+# Built once: every event runs it.
+_VERSIONS = select(
+    JourneyVersionRow.journey_id,
+    JourneyVersionRow.version,
+    JourneyVersionRow.checksum,
+    JourneyRow.status,
+    JourneyRow.current_version,
+).join(JourneyRow, JourneyRow.id == JourneyVersionRow.journey_id)
+
+
 def _versions_of(engine: Engine) -> list[_Version]:
     """Every published version of every journey, with its journey's status."""
-    with Session(engine) as session:
-        rows = session.execute(
-            select(
-                JourneyVersionRow.journey_id,
-                JourneyVersionRow.version,
-                JourneyVersionRow.checksum,
-                JourneyRow.status,
-                JourneyRow.current_version,
-            ).join(JourneyRow, JourneyRow.id == JourneyVersionRow.journey_id)
-        ).all()
+    with engine.connect() as connection:
+        rows = connection.execute(_VERSIONS).all()
         missing = [checksum for _, _, checksum, _, _ in rows if checksum not in _parsed]
         if missing:
-            for checksum, definition in session.execute(
+            for checksum, definition in connection.execute(
                 select(JourneyVersionRow.checksum, JourneyVersionRow.definition).where(
                     JourneyVersionRow.checksum.in_(missing)
                 )

@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 import phonenumbers
-from sqlalchemy import Table, bindparam, insert, select, text
+from sqlalchemy import Insert, Table, bindparam, insert, select, text
 from sqlalchemy import update as sql_update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -277,12 +277,7 @@ def insert_missing(
         return set()
     dialect = session.get_bind().dialect.name
     if dialect in ("postgresql", "sqlite"):
-        statement = (
-            dialect_insert(dialect)(table)
-            .on_conflict_do_nothing(index_elements=[key])
-            .returning(table.c[key])
-        )
-        return set(session.execute(statement, list(rows)).scalars())
+        return set(session.execute(_insert_missing(dialect, table, key), list(rows)).scalars())
     inserted: set[str] = set()
     for row in rows:  # other databases: one savepoint per row, slower but the same result
         try:
@@ -292,6 +287,16 @@ def insert_missing(
         except IntegrityError:
             pass
     return inserted
+
+
+@functools.cache
+def _insert_missing(dialect: str, table: Table, key: str) -> Insert:
+    # Built once per table: every event and every import batch runs it.
+    return (
+        dialect_insert(dialect)(table)
+        .on_conflict_do_nothing(index_elements=[key])
+        .returning(table.c[key])
+    )
 
 
 def retrying(work: Callable[[], T], attempts: int = 5) -> T:
