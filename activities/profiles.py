@@ -22,7 +22,7 @@ from typing import Any, Literal, TypeVar
 import phonenumbers
 from sqlalchemy import Insert, Table, bindparam, insert, select, text
 from sqlalchemy import update as sql_update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, Row
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
@@ -247,9 +247,14 @@ def set_consent_for_address(
 
 
 def get_profile(engine: Engine, profile_id: str) -> Profile | None:
-    with Session(engine) as session:
-        row = session.get(ProfileRow, profile_id)
-        return _to_model(row) if row else None
+    # A Core read, without the ORM's identity map: every message and rule check reads one.
+    with engine.connect() as connection:
+        row = connection.execute(_PROFILE_BY_ID, {"id": profile_id}).first()
+    return _to_model(row) if row else None
+
+
+# Built once, bound at each execution.
+_PROFILE_BY_ID = select(*ProfileRow.__table__.c).where(ProfileRow.id == bindparam("id"))
 
 
 def ensure_profile(session: Session, profile_id: str) -> None:
@@ -526,7 +531,7 @@ def _zones_by_lower_name() -> dict[str, str]:
     return {zone.lower(): zone for zone in _zones()}
 
 
-def _to_model(row: ProfileRow) -> Profile:
+def _to_model(row: ProfileRow | Row[Any]) -> Profile:
     return Profile(
         id=row.id,
         email=row.email,
