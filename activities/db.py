@@ -34,6 +34,7 @@ from sqlalchemy import (
     create_engine,
     event,
     insert,
+    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
@@ -187,7 +188,16 @@ class EventRow(Base):
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Empty while the event waits to be routed (see migration 0009).
     routed_at: Mapped[datetime | None]
-    __table_args__ = (Index("ix_events_profile_type_time", "profile_id", "type", "timestamp"),)
+    __table_args__ = (
+        Index("ix_events_profile_type_time", "profile_id", "type", "timestamp"),
+        # The few events still waiting, for the schedule that routes those left behind.
+        Index(
+            "ix_events_waiting",
+            "received_at",
+            sqlite_where=text("routed_at IS NULL"),
+            postgresql_where=text("routed_at IS NULL"),
+        ),
+    )
 
 
 class TemplateRow(Base):

@@ -11,7 +11,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
@@ -100,6 +100,19 @@ def unrouted(engine: Engine, event_ids: Sequence[str]) -> set[str]:
                 )
             )
     return found
+
+
+def waiting_events(engine: Engine, received_before: datetime, limit: int) -> list[Event]:
+    """The oldest stored events still waiting to be routed, received before the given time,
+    in the order they came."""
+    with Session(engine) as session:
+        rows = session.scalars(
+            select(EventRow)
+            .where(EventRow.routed_at.is_(None), EventRow.received_at < received_before)
+            .order_by(EventRow.received_at, EventRow.seq)
+            .limit(limit)
+        )
+        return [_to_model(row) for row in rows]
 
 
 def mark_routed(

@@ -128,6 +128,12 @@ class RecheckResult(BaseModel):
     exited: int = 0
 
 
+class WaitingRouted(BaseModel):
+    """What a pass over the events left waiting to be routed did."""
+
+    routed: int = 0
+
+
 class RulesInput(BaseModel):
     """Rules to test, in order, for one profile; `event_id` is the event property rules read."""
 

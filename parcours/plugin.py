@@ -18,11 +18,13 @@ from activities.delivery import DeliveryActivities
 from activities.finishes import FinishActivities
 from activities.journey_steps import JourneyActivities
 from activities.recheck import SegmentActivities
+from activities.waiting import WaitingEventActivities
 from activities.webhooks import WebhookActivities
 from parcours.compiled import compile_once
 from parcours.settings import Settings
 from workflows.campaign import CampaignScheduleWorkflow, CampaignWorkflow
 from workflows.journey import JourneyWorkflow
+from workflows.route_waiting import RouteWaitingEventsWorkflow
 from workflows.segment_recheck import SegmentRecheckWorkflow
 
 WORKFLOWS: list[type] = [
@@ -30,6 +32,7 @@ WORKFLOWS: list[type] = [
     SegmentRecheckWorkflow,
     CampaignWorkflow,
     CampaignScheduleWorkflow,
+    RouteWaitingEventsWorkflow,
 ]
 
 
@@ -55,6 +58,7 @@ class ParcoursPlugin(SimplePlugin):
         webhooks = WebhookActivities(self.settings)
         campaigns = CampaignActivities(self.settings)
         finishes = FinishActivities(self.settings)
+        waiting = WaitingEventActivities(self.settings)
         super().__init__(
             "parcours",
             data_converter=data_converter(self.settings),
@@ -71,5 +75,6 @@ class ParcoursPlugin(SimplePlugin):
                 campaigns.send_campaign_page,
                 campaigns.finish_campaign_run,
                 campaigns.running_campaign_run,
+                waiting.route_waiting_events,
             ],
         )

@@ -129,7 +129,8 @@ class EventWriter:
     async def _drain(self) -> None:
         try:
             while self._queue:
-                taken, size = [], 0
+                taken: list[tuple[Sequence[NewEvent], list[bool], asyncio.Future[Any]]] = []
+                size = 0
                 while self._queue and (
                     not taken or size + len(self._queue[0][0]) <= self.max_events
                 ):
@@ -196,11 +197,25 @@ async def ingest(
     pending = [r for r in outcome if not r.duplicate and needs_routing(r.event.type)]
     if not pending:
         return outcome
+    done, failure = await route_stored(await client(), engine, settings, pending, routes, followed)
+    if failure is not None:
+        raise RoutingFailed(len(outcome), len(pending) - done, failure)
+    return outcome
 
+
+async def route_stored(
+    temporal: Client,
+    engine: Engine,
+    settings: Settings,
+    pending: Sequence[Routed],
+    routes: dict[str, EventRoutes],
+    followed: frozenset[str],
+) -> tuple[int, BaseException | None]:
+    """Route stored events, `ROUTING_CONCURRENCY` profiles at once, and mark those routed
+    (with the entries they started). Returns how many were routed, and the first failure."""
     by_profile: dict[str, list[Routed]] = defaultdict(list)
     for routed in pending:
         by_profile[routed.event.profile_id].append(routed)
-    temporal = await client()
     gate = asyncio.Semaphore(ROUTING_CONCURRENCY)
     done: list[str] = []
 
@@ -221,7 +236,4 @@ async def ingest(
     finished = set(done)
     entries = [e for r in pending if r.event.id in finished for e in r.entries()]
     await asyncio.to_thread(mark_routed, engine, done, entries)
-    failure = next((r for r in results if isinstance(r, BaseException)), None)
-    if failure is not None:
-        raise RoutingFailed(len(outcome), len(pending) - len(done), failure)
-    return outcome
+    return len(done), next((r for r in results if isinstance(r, BaseException)), None)

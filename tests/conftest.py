@@ -5,11 +5,14 @@ Nothing here reaches beyond 127.0.0.1, and every server comes from an installed 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, event, text
@@ -190,6 +193,21 @@ def commits_on(engine: Engine) -> Iterator[list[object]]:
         yield commits
     finally:
         event.remove(engine, "commit", count)
+
+
+async def run_schedule_now(client: Client, schedule_id: str, seconds: float = 30) -> Any:
+    """Trigger the schedule once and return what the workflow it started returned."""
+    schedule = client.get_schedule_handle(schedule_id)
+    before = (await schedule.describe()).info.num_actions
+    await schedule.trigger()
+    for _ in range(100):
+        info = (await schedule.describe()).info
+        if info.num_actions > before:
+            break
+        await asyncio.sleep(0.1)
+    started: Any = info.recent_actions[-1].action
+    handle = client.get_workflow_handle(started.workflow_id, run_id=started.first_execution_run_id)
+    return await handle.result(rpc_timeout=timedelta(seconds=seconds))
 
 
 def client_with_plugin(env: WorkflowEnvironment, settings: Settings) -> Client:

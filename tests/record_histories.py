@@ -4,8 +4,8 @@ Run it after a deliberate change to workflow code, once the change is guarded wi
 `workflow.patched` so the histories recorded before it still replay (see
 docs/changing-workflows.md). Each scenario walks a profile through an example journey on the
 time-skipping server and writes its history to tests/histories/; others run the weekly-digest
-campaign, what its schedule starts (a run, or a skip while one is still going) and the segment
-re-check (`--only NAME`, repeatable, records only those). tests/test_replay.py fails when a
+campaign, what its schedule starts (a run, or a skip while one is still going), the segment
+re-check and the pass over events left waiting (`--only NAME`, repeatable, records only those). tests/test_replay.py fails when a
 workflow type registered by the plugin has no history here.
 
     python tests/record_histories.py --tag finish    # writes welcome-finish.json, ...
@@ -23,6 +23,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
@@ -31,7 +32,7 @@ from temporalio.worker import Worker
 from activities import catalog
 from activities.apply import apply_paths
 from activities.campaigns import running_runs
-from activities.db import engine_for
+from activities.db import EventRow, engine_for
 from activities.events import record_event
 from activities.profiles import profile_update, set_profile, upsert_profiles
 from activities.segments import refresh_profile
@@ -45,6 +46,7 @@ from starter.routing import route_transitions, send_event
 from starter.search_attributes import register
 from workflows.campaign import CampaignScheduleWorkflow, CampaignWorkflow
 from workflows.journey import JourneyWorkflow
+from workflows.route_waiting import RouteWaitingEventsWorkflow
 from workflows.segment_recheck import SegmentRecheckWorkflow
 
 ROOT = Path(__file__).parent.parent
@@ -80,7 +82,9 @@ SCHEDULE_SKIPS = "campaign-schedule-skips"
 # The segment re-check schedule's workflow, with a member whose window has lapsed.
 RECHECK = "segment-recheck"
 RECHECK_SEGMENT = "kind: segment\nid: recent-buyers-30d\nrule: {event: order, within: 30d}\n"
-SPECIAL = [WAIT_CONTINUES, CAMPAIGN, SCHEDULE_STARTS, SCHEDULE_SKIPS, RECHECK]
+# The pass over events left waiting to be routed, with one such event.
+ROUTE_WAITING = "route-waiting"
+SPECIAL = [WAIT_CONTINUES, CAMPAIGN, SCHEDULE_STARTS, SCHEDULE_SKIPS, RECHECK, ROUTE_WAITING]
 
 
 def history_path(name: str, tag: str) -> Path:
@@ -127,6 +131,7 @@ async def record(tag: str, only: list[str] | None = None) -> None:
                     SCHEDULE_STARTS: schedule_starts,
                     SCHEDULE_SKIPS: schedule_skips,
                     RECHECK: recheck,
+                    ROUTE_WAITING: route_waiting,
                 }.get(name)
                 if special is not None:
                     history = await special(env, client, engine, settings)
@@ -243,6 +248,25 @@ async def recheck(
     )
     result = await handle.result()
     assert (result.entered, result.exited) == (0, 1), result
+    return await handle.fetch_history()
+
+
+async def route_waiting(
+    env: WorkflowEnvironment, client: Client, engine: Engine, settings: Settings
+) -> WorkflowHistory:
+    """One pass that routes an event whose request died after storing it."""
+    record_event(engine, NewEvent(type="visited", profile_id="ada"), to_route=True)
+    with engine.begin() as connection:
+        connection.execute(
+            update(EventRow).values(received_at=datetime.now(UTC) - timedelta(minutes=5))
+        )
+    handle = await client.start_workflow(
+        RouteWaitingEventsWorkflow.run,
+        id=f"events:route-waiting-{uuid.uuid4().hex[:8]}",
+        task_queue=settings.task_queue,
+    )
+    result = await handle.result()
+    assert result.routed == 1, result
     return await handle.fetch_history()
 
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
@@ -20,6 +18,7 @@ from parcours.contracts import RecheckResult
 from parcours.records import NewEvent
 from parcours.settings import Settings
 from starter.schedules import RECHECK_SCHEDULE_ID, ensure_recheck_schedule
+from tests.conftest import run_schedule_now
 
 
 async def test_a_lapsed_window_is_caught_by_the_scheduled_recheck(
@@ -40,20 +39,9 @@ async def test_a_lapsed_window_is_caught_by_the_scheduled_recheck(
     async with Worker(client, task_queue=settings.task_queue):
         await ensure_recheck_schedule(client, settings, every=timedelta(hours=1))
         await ensure_recheck_schedule(client, settings)  # idempotent: keeps what exists
-        schedule = client.get_schedule_handle(RECHECK_SCHEDULE_ID)
         try:
-            await schedule.trigger()
-            for _ in range(100):
-                actions = (await schedule.describe()).info.recent_actions
-                if actions:
-                    break
-                await asyncio.sleep(0.1)
-            started: Any = actions[0].action
-            handle = client.get_workflow_handle(
-                started.workflow_id, run_id=started.first_execution_run_id
-            )
-            result = await handle.result(rpc_timeout=timedelta(seconds=30))
+            result = await run_schedule_now(client, RECHECK_SCHEDULE_ID)
         finally:
-            await schedule.delete()
+            await client.get_schedule_handle(RECHECK_SCHEDULE_ID).delete()
     assert RecheckResult.model_validate(result) == RecheckResult(entered=0, exited=1)
     assert profile_segments(engine, "ada") == []

@@ -13,7 +13,7 @@ from parcours.settings import Settings
 from starter import logs
 from starter.campaigns import sync_schedules
 from starter.client import connect
-from starter.schedules import ensure_recheck_schedule
+from starter.schedules import ensure_recheck_schedule, ensure_waiting_schedule
 from worker.telemetry import metrics_server, sdk_runtime
 
 
@@ -22,6 +22,7 @@ async def run_worker(settings: Settings, ready: asyncio.Event | None = None) -> 
     with metrics_server(settings):
         client = await connect(settings, runtime=sdk_runtime(settings))
         await ensure_recheck_schedule(client, settings)
+        await ensure_waiting_schedule(client, settings)
         # Campaigns applied while no worker ran get their schedules now.
         await sync_schedules(client, engine_for(settings.database_url), settings)
         # The plugin on the client brings the workflows, activities and converter to the worker.
