@@ -42,7 +42,7 @@ from starter import logs
 from starter.api import create_app
 from starter.campaigns import start_run
 from starter.routing import send_event
-from starter.schedules import RECHECK_SCHEDULE_ID
+from starter.schedules import RECHECK_SCHEDULE_ID, WAITING_SCHEDULE_ID
 from tests.conftest import EXAMPLES
 from tests.delivery import SendGridSigner, with_providers
 from tests.fakes.sendgrid import FakeSendGrid
@@ -475,15 +475,16 @@ async def test_parcours_worker_serves_its_metrics_the_sdks_and_json_logs(
         "PARCOURS_WORKER_METRICS_ADDRESS": ours,
         "PARCOURS_TEMPORAL_METRICS_ADDRESS": sdks,
     }
-    # The worker makes the segment recheck schedule when it is missing, for its own task
-    # queue: on this shared server, take it away again so later tests make their own.
-    recheck = dev_server_env.client.get_schedule_handle(RECHECK_SCHEDULE_ID)
-    try:
-        await recheck.describe()
-        made_here = False
-    except RPCError as exc:
-        assert exc.status == RPCStatusCode.NOT_FOUND, exc
-        made_here = True
+    # The worker makes Parcours's schedules when they are missing, for its own task queue:
+    # on this shared server, take them away again so later tests make their own.
+    made_here = []
+    for schedule_id in (RECHECK_SCHEDULE_ID, WAITING_SCHEDULE_ID):
+        schedule = dev_server_env.client.get_schedule_handle(schedule_id)
+        try:
+            await schedule.describe()
+        except RPCError as exc:
+            assert exc.status == RPCStatusCode.NOT_FOUND, exc
+            made_here.append(schedule)
     with log.open("wb") as out:
         worker = subprocess.Popen(
             [sys.executable, "-m", "starter", "worker"], env=env, stdout=out, stderr=out
@@ -518,8 +519,8 @@ async def test_parcours_worker_serves_its_metrics_the_sdks_and_json_logs(
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(30)
-        if made_here:
-            await recheck.delete()
+        for schedule in made_here:
+            await schedule.delete()
     assert worker.returncode == 0, log.read_text()[-2000:]
 
     records = [json.loads(line) for line in log.read_text().splitlines()]
