@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from datetime import timedelta
+from typing import Any
 
 from temporalio.client import (
     Client,
@@ -16,6 +17,7 @@ from temporalio.client import (
     SchedulePolicy,
     ScheduleSpec,
 )
+from temporalio.types import MethodAsyncNoParam
 
 from parcours.settings import Settings
 from workflows.route_waiting import RouteWaitingEventsWorkflow
@@ -32,36 +34,43 @@ WAITING_EVERY = timedelta(minutes=5)
 async def ensure_recheck_schedule(
     client: Client, settings: Settings, every: timedelta = RECHECK_EVERY
 ) -> None:
-    with contextlib.suppress(ScheduleAlreadyRunningError):
-        await client.create_schedule(
-            RECHECK_SCHEDULE_ID,
-            Schedule(
-                action=ScheduleActionStartWorkflow(
-                    SegmentRecheckWorkflow.run,
-                    id="segments:recheck",
-                    task_queue=settings.task_queue,
-                ),
-                spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
-                # A slow run must not pile up behind itself.
-                policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
-            ),
-        )
+    """The re-check of time-windowed segments (see activities/recheck.py)."""
+    await _ensure(
+        client, RECHECK_SCHEDULE_ID, SegmentRecheckWorkflow.run, "segments:recheck", settings, every
+    )
 
 
 async def ensure_waiting_schedule(
     client: Client, settings: Settings, every: timedelta = WAITING_EVERY
 ) -> None:
     """The pass that routes events stored but left waiting (see activities/waiting.py)."""
+    await _ensure(
+        client,
+        WAITING_SCHEDULE_ID,
+        RouteWaitingEventsWorkflow.run,
+        "events:route-waiting",
+        settings,
+        every,
+    )
+
+
+async def _ensure(
+    client: Client,
+    schedule_id: str,
+    run: MethodAsyncNoParam[Any, Any],
+    workflow_id: str,
+    settings: Settings,
+    every: timedelta,
+) -> None:
     with contextlib.suppress(ScheduleAlreadyRunningError):
         await client.create_schedule(
-            WAITING_SCHEDULE_ID,
+            schedule_id,
             Schedule(
                 action=ScheduleActionStartWorkflow(
-                    RouteWaitingEventsWorkflow.run,
-                    id="events:route-waiting",
-                    task_queue=settings.task_queue,
+                    run, id=workflow_id, task_queue=settings.task_queue
                 ),
                 spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
+                # A slow run must not pile up behind itself.
                 policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
             ),
         )
