@@ -76,7 +76,9 @@ def insert_many(connection: Connection, table: Table, rows: Sequence[Mapping[str
         values = [row[name] for name in order]
         for i, process in fixed:
             values[i] = process(values[i])
-        parameters.append(tuple(values) if compiled.positional else dict(zip(order, values)))
+        parameters.append(
+            tuple(values) if compiled.positional else dict(zip(order, values, strict=True))
+        )
     connection.exec_driver_sql(str(compiled), parameters)
 
 
