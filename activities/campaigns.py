@@ -413,7 +413,9 @@ class PageSender:
             if reason is not None:
                 self._settle(recipient, "suppressed", reason)
                 continue
-            context = message_context(self.settings, template, profile_json(profile), None)
+            context = message_context(
+                self.settings, template, profile_json(profile), None, renderer=renderer
+            )
             try:
                 rendered = renderer.render(context)
             except RenderError as exc:

@@ -68,24 +68,34 @@ def insert_many(connection: Connection, table: Table, rows: Sequence[Mapping[str
         for column in columns
         if (processor := table.c[column].type.dialect_impl(dialect).bind_processor(dialect))
     }
-    memo: dict[tuple[str, Any], Any] = {}
-
-    def value(row: Mapping[str, Any], column: str) -> Any:
-        raw = row[column]
-        processor = processors.get(column)
-        if processor is None or raw is None:
-            return raw
-        key = (column, raw)
-        if key not in memo:
-            memo[key] = processor(raw)
-        return memo[key]
-
-    if compiled.positional:
-        order = compiled.positiontup or []
-        parameters: list[Any] = [tuple(value(row, name) for name in order) for row in rows]
-    else:
-        parameters = [{name: value(row, name) for name in columns} for row in rows]
+    order = list(compiled.positiontup or []) if compiled.positional else columns
+    # Each row's values in statement order, then only the columns with a processor fixed up:
+    # most of a ledger row's columns are strings the driver takes as they are.
+    fixed = [(i, _memoized(processors[name])) for i, name in enumerate(order) if name in processors]
+    parameters: list[Any] = []
+    for row in rows:
+        values = [row[name] for name in order]
+        for i, process in fixed:
+            values[i] = process(values[i])
+        parameters.append(
+            tuple(values) if compiled.positional else dict(zip(order, values, strict=True))
+        )
     connection.exec_driver_sql(str(compiled), parameters)
+
+
+def _memoized(processor: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A bind processor run once per distinct value (rows inserted together mostly share
+    their timestamps); None is passed through, as SQLAlchemy does."""
+    memo: dict[Any, Any] = {}
+
+    def process(raw: Any) -> Any:
+        if raw is None:
+            return None
+        if raw not in memo:
+            memo[raw] = processor(raw)
+        return memo[raw]
+
+    return process
 
 
 def ordered_ids(count: int) -> list[str]:
