@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from typing import cast as cast_
 
+from pydantic_core import from_json
 from sqlalchemy import (
     Connection,
     String,
@@ -25,7 +27,8 @@ from sqlalchemy import (
     type_coerce,
     union_all,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from activities.catalog import SEGMENTS_REVISION, known_segments, segment_catalog
@@ -125,15 +128,15 @@ class _Plan:
     # How far back those rules look; None: at least one counts events of any age.
     horizon: timedelta | None
 
-    def statement(self, dialect: str) -> Any:
-        return _refresh_read(dialect, len(self.event_types), self.horizon is not None)
-
-    def parameters(self, profile_id: str, now: datetime) -> dict[str, Any]:
+    def fetch(self, engine: Engine, profile_id: str, now: datetime) -> list[tuple[Any, ...]]:
+        """The profile's row and its events' (see `_refresh_read`), straight from the driver."""
+        read = _compiled_read(engine.dialect, len(self.event_types), self.horizon is not None)
         parameters: dict[str, Any] = {"profile_id": profile_id}
         parameters.update({f"type_{i}": t for i, t in enumerate(self.event_types)})
         if self.horizon is not None:
-            parameters["since"] = now - self.horizon
-        return parameters
+            since = now - self.horizon
+            parameters["since"] = read.since(since) if read.since else since
+        return read.run(engine, parameters)
 
 
 @functools.cache
@@ -142,8 +145,7 @@ def _refresh_read(dialect: str, types: int, since: bool) -> Any:
     current segments, space-separated (ids hold no spaces); then, one row each, the events of
     `types` types (bound as type_0, type_1…), from `since` when given.
 
-    Built once per shape and kept: plans of the same shape share the very statement, so
-    SQLAlchemy reuses its compiled form and result metadata as they are."""
+    Built once per shape and kept; `_compiled_read` compiles it once per dialect."""
     profile_id: Any = bindparam("profile_id")
     active = select(
         func.string_agg(MembershipRow.segment_id, " ")
@@ -182,6 +184,95 @@ def _refresh_read(dialect: str, types: int, since: bool) -> Any:
     if since:
         counted = counted.where(EventRow.timestamp >= bindparam("since"))
     return union_all(profile, counted)
+
+
+@dataclass(frozen=True)
+class _Read:
+    """`_refresh_read` compiled once per dialect and handed to the driver itself.
+
+    Through a SQLAlchemy connection the same statement costs several times the driver's own
+    time in Python: execution context, events, result rows and type processing, reset on
+    return. A refresh runs after every event, so it is compiled here once by SQLAlchemy, and
+    its rows are read as the driver gives them: JSON decoded by psycopg on PostgreSQL, by
+    `_decoded` on SQLite; timestamps by `_timestamp`."""
+
+    sql: str
+    order: tuple[str, ...] | None  # names of the positional parameters; None: named
+    constants: Mapping[str, Any]  # the statement's own values (the catalog's key)
+    since: Callable[[Any], Any] | None  # the timestamp's bind processor
+    decode: bool  # JSON columns arrive as text (SQLite)
+
+    def run(self, engine: Engine, parameters: dict[str, Any]) -> list[tuple[Any, ...]]:
+        parameters = {**self.constants, **parameters}
+        bound: Any = parameters if self.order is None else tuple(parameters[n] for n in self.order)
+        pooled = engine.raw_connection()
+        try:
+            driver = pooled.driver_connection
+            # One read needs no transaction: no BEGIN and ROLLBACK round trips on PostgreSQL
+            # (SQLite's driver begins none for a read).
+            autocommit = engine.dialect.name == "postgresql" and not driver.autocommit  # type: ignore[union-attr]
+            if autocommit:
+                driver.autocommit = True  # type: ignore[union-attr]
+            cursor = pooled.cursor()
+            try:
+                cursor.execute(self.sql, bound)
+                # Tuples: sqlite3's and psycopg's default row types.
+                rows = cast_(list[tuple[Any, ...]], cursor.fetchall())
+            except engine.dialect.loaded_dbapi.Error as exc:
+                # As SQLAlchemy would have raised it (callers answer OperationalError as "store
+                # unavailable"), and a dropped connection is not handed out again.
+                if engine.dialect.is_disconnect(exc, driver, cursor):
+                    pooled.invalidate(exc)
+                raise DBAPIError.instance(
+                    self.sql, bound, exc, engine.dialect.loaded_dbapi.Error
+                ) from exc
+            finally:
+                cursor.close()
+                if autocommit and pooled.dbapi_connection is not None:
+                    driver.autocommit = False  # type: ignore[union-attr]
+        finally:
+            pooled.close()
+        if self.decode:
+            rows = [_decoded(row) for row in rows]
+        return rows
+
+
+# Positions of the JSON columns in `_refresh_read`'s rows: attributes, device tokens, consent,
+# and an event's properties.
+_JSON_COLUMNS = (0, 3, 4, 9)
+
+
+def _decoded(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    values = list(row)
+    for i in _JSON_COLUMNS:
+        if i < len(values) and isinstance(values[i], str):
+            values[i] = from_json(values[i])
+    return tuple(values)
+
+
+_reads: dict[tuple[str, str, int, bool], _Read] = {}
+
+
+def _compiled_read(dialect: Dialect, types: int, since: bool) -> _Read:
+    key = (dialect.name, dialect.driver, types, since)
+    read = _reads.get(key)
+    if read is None:
+        compiled = _refresh_read(dialect.name, types, since).compile(dialect=dialect)
+        processor = EventRow.__table__.c.timestamp.type.dialect_impl(dialect).bind_processor(
+            dialect
+        )
+        read = _reads[key] = _Read(
+            str(compiled),
+            tuple(compiled.positiontup or ()) if compiled.positional else None,
+            {k: v for k, v in compiled.params.items() if v is not None},
+            processor if since else None,
+            dialect.name != "postgresql",
+        )
+    return read
+
+
+# Positions in `_refresh_read`'s rows: the catalog's revision, then an event's type.
+_TOKEN, _EVENT = 5, 7
 
 
 def _timestamp(value: datetime | str) -> datetime:
@@ -234,6 +325,11 @@ _catalogs: dict[str, _Catalog] = {}
 _catalogs_lock = threading.Lock()
 
 
+def _read_catalog(engine: Engine) -> _Catalog:
+    with engine.connect() as connection:
+        return _Catalog.read(connection)
+
+
 def followed_event_types(engine: Engine) -> frozenset[str]:
     """The event types some segment's membership depends on, at the current revision (one
     small read when the segments did not change)."""
@@ -257,61 +353,44 @@ def refresh_profile(
 ) -> list[Transition]:
     """Re-evaluate, for one profile, only the segments this change can affect.
 
-    The streaming path, run after every event: one indexed read (see `_Plan.statement`),
+    The streaming path, run after every event: one indexed read (see `_refresh_read`),
     planned with the segments this process has parsed and checked against the catalog's
     revision it returns; a write only when a membership changes.
     """
     now = now or utcnow()
     key = engine.url.render_as_string(hide_password=False)
-    dialect = engine.dialect.name
-    connection = engine.connect()
-    if dialect == "postgresql":
-        # A single read needs no transaction: no BEGIN and ROLLBACK round trips. (SQLite's
-        # driver begins none for a read.)
-        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-    with connection:
-        catalog = _catalogs.get(key)
-        if catalog is None:
-            catalog = _Catalog.read(connection)
-        plan = catalog.plan(event_type, profile_changed)
-        rows = connection.execute(plan.statement(dialect), plan.parameters(profile_id, now)).all()
-        token = next((r.token for r in rows if r.token is not None), None)
-        if rows and (token is None or token != catalog.token):
-            # Segments were published since: read them, and the profile again if the new
-            # plan needs other events.
-            catalog = _Catalog.read(connection)
-            fetched, plan = plan, catalog.plan(event_type, profile_changed)
-            if (plan.event_types, plan.horizon) != (fetched.event_types, fetched.horizon):
-                rows = connection.execute(
-                    plan.statement(dialect), plan.parameters(profile_id, now)
-                ).all()
+    catalog = _catalogs.get(key) or _read_catalog(engine)
+    plan = catalog.plan(event_type, profile_changed)
+    rows = plan.fetch(engine, profile_id, now)
+    # The profile's row is the one with no event type; it carries the catalog's revision.
+    state = next((r for r in rows if len(r) == _EVENT or r[_EVENT] is None), None)
+    if state is not None and (state[_TOKEN] is None or state[_TOKEN] != catalog.token):
+        # Segments were published since: read them, and the profile again if the new plan
+        # needs other events.
+        catalog = _read_catalog(engine)
+        fetched, plan = plan, catalog.plan(event_type, profile_changed)
+        if (plan.event_types, plan.horizon) != (fetched.event_types, fetched.horizon):
+            rows = plan.fetch(engine, profile_id, now)
+            state = next((r for r in rows if len(r) == _EVENT or r[_EVENT] is None), None)
     with _catalogs_lock:
         _catalogs[key] = catalog
-    state = (
-        next((r for r in rows if r.type is None), None)
-        if plan.event_types
-        else (rows[0] if rows else None)
-    )
     if state is None or not plan.segments:
         return []
-    events = (
-        [
-            EventFacts(r.type, _timestamp(r.timestamp), r.properties)
-            for r in rows
-            if r.type is not None
-        ]
-        if plan.event_types
-        else []
-    )
+    events = [
+        EventFacts(r[_EVENT], _timestamp(r[_EVENT + 1]), r[_EVENT + 2])
+        for r in rows
+        if len(r) > _EVENT and r[_EVENT] is not None
+    ]
+    attributes, email, phone, device_tokens, consent, _token, current = state[:_EVENT]
     profile = ProfileFacts(
-        attributes=state.attributes,
-        email=state.email,
-        phone=state.phone,
-        device_tokens=tuple(state.device_tokens or ()),
-        consent=state.consent or {},
+        attributes=attributes,
+        email=email,
+        phone=phone,
+        device_tokens=tuple(device_tokens or ()),
+        consent=consent or {},
         events=events,
     )
-    active = set(state.active.split(" ")) if state.active else set()
+    active = set(current.split(" ")) if current else set()
     segments = catalog.segments
     changed = {}
     for segment_id in plan.segments:

@@ -3,6 +3,7 @@ latency, bulk-load time and memory, on SQLite and on PostgreSQL.
 
     python bench/segments.py                      # or `make bench`, which runs every bench/*.py
     python bench/segments.py --profiles 200000    # a smaller hub
+    python bench/segments.py --only streaming     # the load, then the streaming part alone
 
 One run builds a deterministic synthetic hub (seeded RNG; `--profiles` profiles with plan, age,
 country, signup and vip attributes, about `--events-per-profile` events each of types order,
@@ -693,8 +694,11 @@ PARTS = (
         "activities/segments.py",
         "read",
     ),
-    ("the read: one statement executed", "sqlalchemy/engine/base.py", "execute"),
-    ("its rows fetched (JSON decoded)", "sqlalchemy/engine/result.py", "all"),
+    (
+        "the read: one statement executed by the driver, its rows fetched (JSON decoded)",
+        "activities/segments.py",
+        "run",
+    ),
     ("matches: in-memory evaluation", "parcours/evaluate.py", "matches"),
     ("_record: write memberships (transitions only)", "activities/segments.py", "_record"),
 )
@@ -715,28 +719,54 @@ def time_streaming(
 
     # A shorter pass under the profiler, counting SQL statements as it goes.
     profiled = list(sample[:profile_sample])
-    statements = 0
-
-    def count(*_: Any) -> None:
-        nonlocal statements
-        statements += 1
-
-    sqlalchemy.event.listen(engine, "before_cursor_execute", count)
     profiler = cProfile.Profile()
-    try:
+    with counting_statements(engine) as statements:
+        for pid, kind in profiled[:1]:
+            refresh_profile(engine, pid, event_type=kind, now=NOW)  # a connection, off count
+        statements[0] = 0
         profiler.enable()
         for pid, kind in profiled:
             refresh_profile(engine, pid, event_type=kind, now=NOW)
         profiler.disable()
-    finally:
-        sqlalchemy.event.remove(engine, "before_cursor_execute", count)
     return Stream(
         latencies,
         transitions,
         len(profiled),
         _breakdown(pstats.Stats(profiler), len(profiled)),
-        statements / len(profiled),
+        statements[0] / len(profiled),
     )
+
+
+@contextmanager
+def counting_statements(engine: Engine) -> Iterator[list[int]]:
+    """Count every statement the driver sends, pings included. Counted by the drivers
+    themselves (sqlite3's trace callback, a psycopg cursor class): `refresh_profile` hands its
+    read to the driver, under SQLAlchemy's own events. The pool's connections are made anew,
+    with the counter, and again without it at the end."""
+    counted = [0]
+
+    def count(*_: Any) -> None:
+        counted[0] += 1
+
+    def install(dbapi_connection: Any, _record: Any) -> None:
+        if isinstance(dbapi_connection, sqlite3.Connection):
+            dbapi_connection.set_trace_callback(count)
+            return
+
+        class Counting(dbapi_connection.cursor_factory):  # type: ignore[misc]
+            def execute(self, *args: Any, **kwargs: Any) -> Any:
+                count()
+                return super().execute(*args, **kwargs)
+
+        dbapi_connection.cursor_factory = Counting
+
+    engine.dispose()
+    sqlalchemy.event.listen(engine, "connect", install)
+    try:
+        yield counted
+    finally:
+        sqlalchemy.event.remove(engine, "connect", install)
+        engine.dispose()
 
 
 def _breakdown(stats: pstats.Stats, calls: int) -> list[tuple[str, float]]:
@@ -821,6 +851,7 @@ class Options:
     sample: int
     profile_sample: int
     stores: tuple[str, ...]
+    only: str | None = None  # "batch" or "streaming": that part alone
 
 
 def measure(
@@ -844,7 +875,7 @@ def measure(
     try:
         with phase(memory, "batch"):
             segments = publish_segments(engine, tmp)
-            for case in CASES:
+            for case in CASES if options.only != "streaming" else ():
                 batch = time_batch(engine, case, segments, options.repeat)
                 result.batches.append(batch)
                 print(
@@ -854,6 +885,8 @@ def measure(
                     f"{batch.members:,} members{'' if batch.agree else '  IDS DIFFER'}",
                     flush=True,
                 )
+        if options.only == "batch":
+            return result
         with phase(memory, "streaming"):
             sample = sample_events(engine, files.event_count, options.sample, options.hub.seed)
             result.memberships = record_memberships(engine, segments, [pid for pid, _ in sample])
@@ -1090,9 +1123,15 @@ def section(results: Results) -> str:
     f = results.files
     pg = next((s.settings for s in results.stores if s.settings), "")
     pg_line = f" PostgreSQL runs with {pg}; everything else is its default." if pg else ""
+    only = (
+        f" Only the {o.only} part was run after the load (`--only {o.only}`): the other part's"
+        " figures are absent from this section."
+        if o.only
+        else ""
+    )
     return f"""{SECTION}
 
-Measured by `bench/segments.py` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC (the run took {results.seconds:.0f} s).
+Measured by `bench/segments.py` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC (the run took {results.seconds:.0f} s).{only}
 
 - Command: `{command()}` (`make bench` runs it with the defaults: 1,000,000 profiles, 10 events each on average)
 - Machine: {machine()}; 1-minute load average {results.load_average:.2f} as the run began
@@ -1144,6 +1183,11 @@ def main() -> None:
     parser.add_argument(
         "--stores", default="sqlite,postgresql", help="comma-separated: sqlite, postgresql"
     )
+    parser.add_argument(
+        "--only",
+        choices=("batch", "streaming"),
+        help="that part alone, after the load (the section written says which)",
+    )
     parser.add_argument("--docs", type=Path, default=DOCS, help="markdown file to update")
     args = parser.parse_args()
     stores = tuple(s.strip() for s in args.stores.split(",") if s.strip())
@@ -1157,6 +1201,7 @@ def main() -> None:
         args.sample,
         args.profile_sample,
         stores,
+        args.only,
     )
     results = run(options)
     print(f"\n{summary_table(results)}\n\n{batch_table(results)}\n")

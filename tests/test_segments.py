@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 
 from activities.apply import apply_paths
 from activities.events import record_event
@@ -204,3 +205,30 @@ def test_sqlite_reads_keys_by_constant_path_in_the_order_written(engine: Engine)
     [(statement, parameters)] = sent
     age, country = statement.index("'$.age'"), statement.index("'$.country'")
     assert age < country and parameters == (25, 40, "FR", "it's")
+
+
+def test_a_failed_refresh_raises_sqlalchemys_error_and_leaves_the_pool_as_it_was(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """The refresh hands its read to the driver itself: a database error still comes out as
+    SQLAlchemy's (the API answers OperationalError as "store unavailable"), and on PostgreSQL
+    each connection goes back to the pool with autocommit off, as the pool hands them out."""
+    (tmp_path / "s.yaml").write_text(SEGMENTS)
+    apply_paths(engine, [tmp_path / "s.yaml"])
+    set_profile(engine, "ada", attributes={"plan": "pro"})
+    returned: list[object] = []
+    event.listen(
+        engine.pool, "checkin", lambda c, _: returned.append(getattr(c, "autocommit", None))
+    )
+    with engine.begin() as connection:
+        connection.exec_driver_sql("ALTER TABLE events RENAME TO events_gone")
+    try:
+        with pytest.raises(DBAPIError, match="events"):
+            refresh_profile(engine, "ada", event_type="order")
+    finally:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("ALTER TABLE events_gone RENAME TO events")
+    entered = refresh_profile(engine, "ada", profile_changed=True)
+    assert [t.segment_id for t in entered] == ["pro"]
+    if engine.dialect.name == "postgresql":
+        assert returned and all(autocommit is False for autocommit in returned)
