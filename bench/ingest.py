@@ -12,7 +12,9 @@ One run makes a SQLite store under a temporary directory with the examples appli
 - the API: `POST /v1/events` with `--batch` events per request (encoded beforehand),
   `--concurrency` requests in flight, while another process reads
   `GET /v1/profiles/{id}/segments` for random profiles one request after another (its
-  latencies give the p99).
+  latencies give the p99);
+- the same reads with no ingestion running, for `--quiet-seconds`, so the report shows what
+  the load costs a read.
 
 The events are page views, which no journey or segment of the examples follows: they are
 stored, checked for duplicates and acknowledged, and need no Temporal call (an event that
@@ -37,10 +39,12 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 from sqlalchemy import insert
@@ -54,6 +58,7 @@ from activities.profiles import profile_update, upsert_profiles  # noqa: E402
 from activities.segments import rebuild  # noqa: E402
 from bench.report import command, machine, spread, verdict, write_docs  # noqa: E402
 
+T = TypeVar("T")
 DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Ingestion"
 RATE_GOAL, P99_GOAL_MS = 5_000, 10.0
@@ -143,23 +148,37 @@ async def post_events(url: str, bodies: list[bytes], concurrency: int, size: int
         return len(bodies) * size / (time.perf_counter() - started)
 
 
+def reading_while(port: int, profiles: int, work: Callable[[], T]) -> tuple[T, list[float]]:
+    """`work()` while the reader process reads segments; its result and the read latencies."""
+    stop = multiprocessing.Event()
+    receive, send = multiprocessing.Pipe(duplex=False)
+    reader = multiprocessing.Process(target=read_segments, args=(port, profiles, stop, send))
+    reader.start()
+    try:
+        result = work()
+    finally:
+        stop.set()
+    latencies: list[float] = receive.recv()
+    reader.join()
+    return result, latencies
+
+
 def over_http(
     port: int, batch: list[dict[str, object]], size: int, concurrency: int, profiles: int
 ) -> tuple[float, list[float]]:
     bodies = [
         json.dumps({"events": batch[i : i + size]}).encode() for i in range(0, len(batch), size)
     ]
-    stop = multiprocessing.Event()
-    receive, send = multiprocessing.Pipe(duplex=False)
-    reader = multiprocessing.Process(target=read_segments, args=(port, profiles, stop, send))
-    reader.start()
-    try:
-        rate = asyncio.run(post_events(f"http://127.0.0.1:{port}", bodies, concurrency, size))
-    finally:
-        stop.set()
-    latencies: list[float] = receive.recv()
-    reader.join()
-    return rate, latencies
+    url = f"http://127.0.0.1:{port}"
+    return reading_while(
+        port, profiles, lambda: asyncio.run(post_events(url, bodies, concurrency, size))
+    )
+
+
+def quiet_p99(port: int, profiles: int, seconds: float) -> tuple[float, int]:
+    """The reads' p99 (ms) with nothing else sent to the API, and how many reads it is over."""
+    _, latencies = reading_while(port, profiles, lambda: time.sleep(seconds))
+    return statistics.quantiles(latencies, n=100)[98], len(latencies)
 
 
 def wait_until_up(url: str, process: subprocess.Popen[bytes]) -> None:
@@ -181,6 +200,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     parser.add_argument("--profiles", type=int, default=10_000)
+    parser.add_argument(
+        "--quiet-seconds", type=float, default=5.0, help="reads with no ingestion, per round"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="parcours-bench-ingest-") as tmp:
@@ -204,8 +226,10 @@ def main() -> None:
         )
         try:
             wait_until_up(url, api)
-            raw_rates, api_rates, ratios, p99s = [], [], [], []
+            raw_rates, api_rates, ratios, p99s, quiet_p99s = [], [], [], [], []
             for round_ in range(args.rounds):
+                quiet, quiet_reads = quiet_p99(port, args.profiles, args.quiet_seconds)
+                quiet_p99s.append(quiet)
                 raw = raw_insert(
                     engine, events(args.events, args.profiles, f"raw{round_}"), args.batch
                 )
@@ -223,7 +247,8 @@ def main() -> None:
                     f"round {round_ + 1}: raw insert {raw:,.0f}/s, API {rate:,.0f}/s "
                     f"(ratio {rate / raw:.2f}), segments p50 {p50:.2f} p90 {p90:.2f} "
                     f"p99 {p99:.2f} ms "
-                    f"over {len(latencies)} reads",
+                    f"over {len(latencies)} reads; with no load p99 {quiet:.2f} ms "
+                    f"over {quiet_reads} reads",
                     flush=True,
                 )
         finally:
@@ -231,7 +256,7 @@ def main() -> None:
             api.wait(timeout=30)
             close_engine(database)
 
-    rate, ratio, p99 = (statistics.median(v) for v in (api_rates, ratios, p99s))
+    rate, ratio, p99, quiet = (statistics.median(v) for v in (api_rates, ratios, p99s, quiet_p99s))
     raw = statistics.median(raw_rates)
     table = [
         "| figure | goal | median | spread | verdict |",
@@ -242,6 +267,8 @@ def main() -> None:
         f"| API / raw insert | — | {ratio:.2f} | {spread(ratios)} | — |",
         f"| `GET /v1/profiles/{{id}}/segments` p99 under that load | < {P99_GOAL_MS:.0f} ms "
         f"| {p99:.2f} ms | {spread(p99s)} ms | {verdict(p99 < P99_GOAL_MS)} |",
+        f"| the same p99 with no ingestion running | — | {quiet:.2f} ms "
+        f"| {spread(quiet_p99s)} ms | — |",
     ]
     print("\n".join(table))
     write_docs(
@@ -252,6 +279,7 @@ def main() -> None:
         f"- Machine: {machine()}\n"
         f"- Store: SQLite (WAL), {args.profiles:,} profiles; {args.events:,} events per round "
         f"and side, {args.rounds} rounds, {args.concurrency} requests in flight; "
+        f"{args.quiet_seconds:g} s of reads with no ingestion before each round; "
         "`parcours api` in its own process, the load generator in this one.\n\n"
         + "\n".join(table)
         + "\n\nThe API validates each event, stores the batch in one transaction "
