@@ -84,6 +84,7 @@ class FakeSendGrid(FakeProvider[RecordedMail]):
     def _activity(self, request: Request) -> Reply:
         """The Email Activity API (`GET /v3/messages`), for the one query form Parcours uses:
         `unique_args['KEY']="VALUE"`, the mails whose custom args hold that value."""
+        self.count_lookup()
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return _reply(401, _errors([("authorization required", None)]))
         params = parse_qs(request.query)

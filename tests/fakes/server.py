@@ -64,6 +64,7 @@ class FakeProvider(Generic[Record]):
         self._lock = threading.Condition()
         self._records: list[Record] = []
         self._attempts = 0
+        self._lookups = 0
         self._failures: list[Failure] = []
         self._hangs: list[float] = []
         self._storm: _Storm | None = None
@@ -125,6 +126,13 @@ class FakeProvider(Generic[Record]):
         with self._lock:
             return self._attempts
 
+    @property
+    def lookups(self) -> int:
+        """Every question about messages already sent (SendGrid's Email Activity, Twilio's
+        message list): what a sender asks when it does not know whether a send went through."""
+        with self._lock:
+            return self._lookups
+
     def fail_next(
         self,
         status: int,
@@ -179,6 +187,10 @@ class FakeProvider(Generic[Record]):
         if hang:
             self._stopping.wait(hang)
         return failure
+
+    def count_lookup(self) -> None:
+        with self._lock:
+            self._lookups += 1
 
     def accept(self, record: Record) -> None:
         with self._lock:

@@ -99,6 +99,7 @@ class FakeTwilio(FakeProvider[RecordedSms]):
 
     def _list(self, request: Request) -> Reply:
         """Messages newest first, filtered by `To` and `From`, one page of `PageSize`."""
+        self.count_lookup()
         if not self._authorized(request):
             return _error(401, 20003, "Authentication Error - invalid username")
         query = {k: v[0] for k, v in parse_qs(request.query).items()}
