@@ -275,6 +275,11 @@ def _compiled_read(dialect: Dialect, types: int, since: bool) -> _Read:
 _TOKEN, _EVENT = 5, 7
 
 
+def _profile_row(rows: list[tuple[Any, ...]]) -> tuple[Any, ...] | None:
+    # The profile's row is the one with no event type; it carries the catalog's revision.
+    return next((r for r in rows if len(r) == _EVENT or r[_EVENT] is None), None)
+
+
 def _timestamp(value: datetime | str) -> datetime:
     if isinstance(value, datetime):
         return value
@@ -362,8 +367,7 @@ def refresh_profile(
     catalog = _catalogs.get(key) or _read_catalog(engine)
     plan = catalog.plan(event_type, profile_changed)
     rows = plan.fetch(engine, profile_id, now)
-    # The profile's row is the one with no event type; it carries the catalog's revision.
-    state = next((r for r in rows if len(r) == _EVENT or r[_EVENT] is None), None)
+    state = _profile_row(rows)
     if state is not None and (state[_TOKEN] is None or state[_TOKEN] != catalog.token):
         # Segments were published since: read them, and the profile again if the new plan
         # needs other events.
@@ -371,7 +375,7 @@ def refresh_profile(
         fetched, plan = plan, catalog.plan(event_type, profile_changed)
         if (plan.event_types, plan.horizon) != (fetched.event_types, fetched.horizon):
             rows = plan.fetch(engine, profile_id, now)
-            state = next((r for r in rows if len(r) == _EVENT or r[_EVENT] is None), None)
+            state = _profile_row(rows)
     with _catalogs_lock:
         _catalogs[key] = catalog
     if state is None or not plan.segments:

@@ -14,15 +14,11 @@ from datetime import timedelta
 
 from temporalio import activity
 
-from activities import catalog
 from activities.bound import BoundActivities
-from activities.catalog import EventRoutes
 from activities.db import utcnow
 from activities.events import waiting_events
-from activities.segments import followed_event_types
 from parcours.contracts import WaitingRouted
-from parcours.records import Event
-from starter.ingest import route_stored
+from starter.ingest import route_stored, routes_and_followed
 from starter.routing import Routed
 
 # Younger events may be in the middle of their own request's routing: leave them to it.
@@ -40,7 +36,7 @@ class WaitingEventActivities(BoundActivities):
             events = await asyncio.to_thread(waiting_events, self.engine, received_before, BATCH)
             if not events:
                 break
-            routes, followed = await asyncio.to_thread(self._routes, events)
+            routes, followed = await asyncio.to_thread(routes_and_followed, self.engine, events)
             done, failure = await route_stored(
                 activity.client(),
                 self.engine,
@@ -59,7 +55,3 @@ class WaitingEventActivities(BoundActivities):
         if routed:
             activity.logger.info("routed %d events left waiting", routed)
         return WaitingRouted(routed=routed)
-
-    def _routes(self, events: list[Event]) -> tuple[dict[str, EventRoutes], frozenset[str]]:
-        types = {event.type for event in events}
-        return catalog.routes_for_events(self.engine, types), followed_event_types(self.engine)

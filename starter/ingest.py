@@ -165,10 +165,7 @@ async def ingest(
     """Store the events (through `writer` when given), then route them. Returns each event's
     outcome, in order. Raises RoutingFailed when some stored events could not be routed."""
 
-    def lookup(types: set[str]) -> tuple[dict[str, EventRoutes], frozenset[str]]:
-        return catalog.routes_for_events(engine, types), followed_event_types(engine)
-
-    routes, followed = await asyncio.to_thread(lookup, {e.type for e in events})
+    routes, followed = await asyncio.to_thread(routes_and_followed, engine, events)
 
     def needs_routing(event_type: str) -> bool:
         return event_type in followed or routes[event_type].reach_journeys
@@ -201,6 +198,15 @@ async def ingest(
     if failure is not None:
         raise RoutingFailed(len(outcome), len(pending) - done, failure)
     return outcome
+
+
+def routes_and_followed(
+    engine: Engine, events: Sequence[NewEvent | Event]
+) -> tuple[dict[str, EventRoutes], frozenset[str]]:
+    """What the events' types mean to the journeys, and the types some segment follows: what
+    routing them needs, in one trip to the store."""
+    types = {event.type for event in events}
+    return catalog.routes_for_events(engine, types), followed_event_types(engine)
 
 
 async def route_stored(

@@ -6,19 +6,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
-from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.apply import apply_paths
 from activities.events import record_event
 from activities.segments import profile_segments, refresh_profile
-from parcours import ParcoursPlugin
 from parcours.contracts import RecheckResult
 from parcours.records import NewEvent
 from parcours.settings import Settings
 from starter.schedules import RECHECK_SCHEDULE_ID, ensure_recheck_schedule
-from tests.conftest import run_schedule_now
+from tests.conftest import client_with_plugin, run_schedule_now
 
 
 async def test_a_lapsed_window_is_caught_by_the_scheduled_recheck(
@@ -33,9 +31,7 @@ async def test_a_lapsed_window_is_caught_by_the_scheduled_recheck(
     refresh_profile(engine, "ada", event_type="order", now=then)
     assert [m.segment_id for m in profile_segments(engine, "ada")] == ["buyers"]
 
-    client = await Client.connect(
-        dev_server_env.client.service_client.config.target_host, plugins=[ParcoursPlugin(settings)]
-    )
+    client = client_with_plugin(dev_server_env, settings)
     async with Worker(client, task_queue=settings.task_queue):
         await ensure_recheck_schedule(client, settings, every=timedelta(hours=1))
         await ensure_recheck_schedule(client, settings)  # idempotent: keeps what exists

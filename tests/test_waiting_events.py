@@ -24,7 +24,7 @@ from parcours.records import NewEvent
 from parcours.settings import Settings
 from starter.routing import journey_workflow_id, send_event
 from starter.schedules import WAITING_SCHEDULE_ID, ensure_waiting_schedule
-from tests.conftest import run_schedule_now
+from tests.conftest import client_with_plugin, run_schedule_now
 from tests.stack import free_port
 from workflows.journey import JourneyWorkflow
 
@@ -73,9 +73,7 @@ async def test_an_event_whose_routing_failed_reaches_its_journey_through_the_sch
             .values(received_at=datetime.now(UTC) - timedelta(minutes=5))
         )
 
-    client = await Client.connect(
-        dev_server_env.client.service_client.config.target_host, plugins=[ParcoursPlugin(settings)]
-    )
+    client = client_with_plugin(dev_server_env, settings)
     async with Worker(client, task_queue=settings.task_queue):
         await ensure_waiting_schedule(client, settings, every=timedelta(hours=1))
         await ensure_waiting_schedule(client, settings)  # idempotent: keeps what exists

@@ -19,15 +19,11 @@ pytestmark = pytest.mark.devserver
 def test_a_worker_killed_during_a_wait_is_replaced_and_sends_each_message_once(
     stack: DevStack, fault_summary: Callable[[str], None]
 ) -> None:
-    stack.cli("profiles", "set", "bob", "--email", "bob@example.com")
-    stack.cli("events", "send", "ping", "--profile", "bob")
-    wait_until(lambda: stack.deliveries("bob"), 30, "the first message")
+    ping_and_wait_for_the_first_message(stack, "bob")
     old = stack.pid("worker")
     os.kill(old, signal.SIGKILL)
     wait_until(lambda: stack.pid("worker") != old, 30, "a new worker")
-    deliveries = wait_until(
-        lambda: len(d := stack.deliveries("bob")) == 2 and d, 60, "the second message"
-    )
+    deliveries = both_messages(stack, "bob")
     fault_summary(counted(deliveries))
     assert [d["subject"] for d in deliveries] == ["Ping first", "Ping second"]
     assert all(d["status"] == "sent" for d in deliveries)
@@ -36,9 +32,7 @@ def test_a_worker_killed_during_a_wait_is_replaced_and_sends_each_message_once(
 def test_a_killed_temporal_server_keeps_the_waiting_journey(
     stack: DevStack, fault_summary: Callable[[str], None]
 ) -> None:
-    stack.cli("profiles", "set", "cy", "--email", "cy@example.com")
-    stack.cli("events", "send", "ping", "--profile", "cy")
-    wait_until(lambda: stack.deliveries("cy"), 30, "the first message")
+    ping_and_wait_for_the_first_message(stack, "cy")
     temporal, worker = stack.pid("temporal"), stack.pid("worker")
     os.kill(temporal, signal.SIGKILL)
     assert stack.process is not None
@@ -48,11 +42,22 @@ def test_a_killed_temporal_server_keeps_the_waiting_journey(
     wait_until(lambda: not alive(worker) and not alive(temporal), 20, "the old stack to be gone")
 
     stack.start()
-    deliveries = wait_until(
-        lambda: len(d := stack.deliveries("cy")) == 2 and d, 60, "the second message"
-    )
+    deliveries = both_messages(stack, "cy")
     fault_summary(counted(deliveries))
     assert [d["subject"] for d in deliveries] == ["Ping first", "Ping second"]
+
+
+def ping_and_wait_for_the_first_message(stack: DevStack, profile: str) -> None:
+    stack.cli("profiles", "set", profile, "--email", f"{profile}@example.com")
+    stack.cli("events", "send", "ping", "--profile", profile)
+    wait_until(lambda: stack.deliveries(profile), 30, "the first message")
+
+
+def both_messages(stack: DevStack, profile: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = wait_until(
+        lambda: len(d := stack.deliveries(profile)) == 2 and d, 60, "the second message"
+    )
+    return found
 
 
 def counted(deliveries: list[dict[str, Any]]) -> str:
