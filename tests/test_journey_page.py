@@ -38,6 +38,7 @@ from starter.lifecycle import where_profiles_are
 from starter.routing import send_event
 from tests.conftest import EXAMPLES
 from tests.test_lifecycle import eventually
+from workflows.journey import JourneyWorkflow
 
 KEY = "page-key"
 UI = "http://127.0.0.1:8233"
@@ -87,6 +88,14 @@ async def populated(
     async with Worker(client, task_queue=settings.task_queue):
         for profile in ("ann", "bob", "cy", "dee"):
             await event("joined", profile)
+        # Only events after the wait began count: a click that reached the entry with its
+        # start, before its first workflow task, would be read as earlier and left unheard.
+        cy = client.get_workflow_handle_for(JourneyWorkflow.run, f"journey:{journey_id}:cy")
+
+        async def waiting() -> bool:
+            return (await cy.query(JourneyWorkflow.position)).node == "first-look"
+
+        await eventually(waiting, "cy's entry to wait at first-look")
         await event("clicked", "cy")
         await client.get_workflow_handle(f"journey:{journey_id}:dee").signal(
             "stop", "journey stopped"
