@@ -41,6 +41,7 @@ from activities.db import (
     utcnow,
 )
 from activities.delivery import address_of, no_address, retry_delay, send_clock, sms_taken
+from activities.ledger import DELIVERIES
 from activities.rendering import RenderError, message_context, profile_json
 from activities.rule_sql import members_query
 from parcours.contracts import (
@@ -55,7 +56,6 @@ from parcours.definitions import Campaign, Template
 from parcours.delivery_policy import DeliveryPolicy
 from parcours.settings import Settings
 
-DELIVERIES = cast(Table, DeliveryRow.__table__)
 PROFILES = cast(Table, ProfileRow.__table__)
 AUDIENCE = cast(Table, CampaignAudienceRow.__table__)
 # What a message's template context and its checks read of a profile (`profile_json`).

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, Row
 from sqlalchemy.orm import Session
 
 from activities.db import EventRow, utcnow
@@ -150,9 +150,17 @@ def content_event_id(new: NewEvent) -> str:
 
 
 def get_event(engine: Engine, event_id: str) -> Event | None:
-    with Session(engine) as session:
-        row = session.scalar(select(EventRow).where(EventRow.id == event_id))
-        return _to_model(row) if row else None
+    # A Core read, without the ORM's identity map: every message that quotes its entry event
+    # reads one.
+    with engine.connect() as connection:
+        row = connection.execute(_EVENT_BY_ID, {"id": event_id}).first()
+    return _to_model(row) if row else None
+
+
+# Built once, bound at each execution.
+_EVENT_BY_ID = select(
+    EventRow.id, EventRow.type, EventRow.profile_id, EventRow.timestamp, EventRow.properties
+).where(EventRow.id == bindparam("id"))
 
 
 def _stored(session: Session, event_ids: list[str]) -> dict[str, Event]:
@@ -176,7 +184,7 @@ def _from_values(values: dict[str, Any]) -> Event:
     )
 
 
-def _to_model(row: EventRow) -> Event:
+def _to_model(row: EventRow | Row[Any]) -> Event:
     return Event(
         id=row.id,
         type=row.type,

@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from sqlalchemy import Insert, insert, select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from temporalio import activity
 
 from activities.bound import BoundActivities
@@ -26,18 +26,22 @@ def record_finish(engine: Engine, finished: EntryFinished) -> None:
     """Store the entry's finish, replacing the one stored for it before: a retried activity
     writes the same row again, and an entry whose last send recorded it as ended, but which
     left on an exit heard in the same moment, corrects it."""
+    with engine.begin() as connection:
+        write_finish(connection, finished)
+
+
+def write_finish(connection: Connection, finished: EntryFinished) -> None:
+    """`record_finish` in the caller's transaction: a send writes it with its ledger row."""
     values = finished.model_dump()
-    dialect = engine.dialect.name
+    dialect = connection.dialect.name
     if dialect in ("sqlite", "postgresql"):
-        with engine.begin() as connection:
-            connection.execute(_upsert(dialect), values)
+        connection.execute(_upsert(dialect), values)
         return
     key = (JourneyFinishRow.workflow_id == finished.workflow_id) & (
         JourneyFinishRow.first_run_id == finished.first_run_id
     )
-    with engine.begin() as connection:
-        if not connection.execute(update(JourneyFinishRow).where(key).values(values)).rowcount:
-            connection.execute(insert(JourneyFinishRow).values(values))
+    if not connection.execute(update(JourneyFinishRow).where(key).values(values)).rowcount:
+        connection.execute(insert(JourneyFinishRow).values(values))
 
 
 @functools.cache

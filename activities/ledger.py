@@ -14,8 +14,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import Table, bindparam, func, insert, inspect, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -23,8 +24,9 @@ from sqlalchemy.sql import ColumnElement
 
 from activities import suppression
 from activities.db import DeliveryRow, ProfileRow, utcnow
+from activities.finishes import write_finish
 from activities.profiles import write_session
-from parcours.contracts import DeliveryResult, DeliveryStatus, SendMessageInput
+from parcours.contracts import DeliveryResult, DeliveryStatus, EntryFinished, SendMessageInput
 from parcours.delivery_policy import DeliveryPolicy
 from parcours.records import Delivery, Profile
 
@@ -75,7 +77,21 @@ def _find_or_add(
     row = session.scalar(_BY_KEY, {"key": request.idempotency_key})
     if row is not None:
         return row, False
-    row = DeliveryRow(
+    row = _new_row(request, now)
+    session.add(row)
+    return row, True
+
+
+# Built once, bound at each execution: every send runs them.
+_ID_BY_KEY = select(DeliveryRow.id).where(DeliveryRow.idempotency_key == bindparam("key"))
+DELIVERIES = cast(Table, DeliveryRow.__table__)
+# Only the attributes set are inserted: the table's defaults fill the others.
+_INSERT = insert(DELIVERIES)
+_COLUMNS = [column.key for column in DELIVERIES.columns]
+
+
+def _new_row(request: SendMessageInput, now: datetime | None) -> DeliveryRow:
+    return DeliveryRow(
         id=str(uuid.uuid4()),
         idempotency_key=request.idempotency_key,
         profile_id=request.profile_id,
@@ -92,8 +108,6 @@ def _find_or_add(
         # When the message was due: what its maximum age is measured from.
         created_at=now or utcnow(),
     )
-    session.add(row)
-    return row, True
 
 
 def _claim_of(row: DeliveryRow) -> Claim:
@@ -150,7 +164,8 @@ def claim_and_admit(
     outbox: bool = False,
 ) -> Claim | Decided:
     """`claim` and `admit` (or the refusal's settling) in one transaction: the common case of
-    a message asked for the first time costs one write, not two.
+    a message asked for the first time costs one write, not two. A message settled in it
+    records the entry's finish it carries (`request.finish`) in the same transaction.
 
     An earlier attempt's row wins over what this one prepared: a settled delivery is returned
     as the `Claim` it is, as is one left `sending` (unknown: the caller asks the provider, then
@@ -158,22 +173,40 @@ def claim_and_admit(
     try:
         with write_session(engine) as session:
             _lock_profile(session, request.profile_id)
-            row, new = _find_or_add(session, request, now)
-            if not new:
-                found = _claim_of(row)
-                if found.settled is not None or found.unknown:
-                    return found
+            found_id = session.execute(_ID_BY_KEY, {"key": request.idempotency_key}).scalar()
+            if found_id is None:
+                # A new row is written once, with its outcome, by one INSERT: kept out of the
+                # session, it costs no unit of work to flush (the cap leaves it out anyway).
+                row = _new_row(request, now)
+            else:
+                row = session.get_one(DeliveryRow, found_id)
+                earlier = _claim_of(row)
+                if earlier.settled is not None or earlier.unknown:
+                    return earlier
             if isinstance(admission, Refusal):
                 row.status, row.reason = admission.status, admission.reason
-                return Decided(row.id, _result(row))
-            # A new row is written once, with its outcome, at commit: the checks' reads leave
-            # it unflushed (the cap leaves the row out in any case).
-            with session.no_autoflush:
-                return Decided(row.id, _admit_row(session, row, admission, policy, outbox))
+                result: DeliveryResult | None = _result(row)
+            else:
+                result = _admit_row(session, row, admission, policy, outbox)
+            if found_id is None:
+                set_ = inspect(row).dict
+                session.execute(_INSERT, [{c: set_[c] for c in _COLUMNS if c in set_}])
+            return Decided(row.id, _with_finish(session, result, request.finish))
     except IntegrityError:
         # A concurrent attempt inserted the same key first (PostgreSQL; SQLite's write lock
         # keeps them apart): decide against its row.
         return claim_and_admit(engine, request, now, admission, policy, outbox=outbox)
+
+
+def _with_finish(
+    session: Session, result: DeliveryResult | None, finished: EntryFinished | None
+) -> DeliveryResult | None:
+    """The result, the entry's finish written with it when the message is settled: a message
+    held by quiet hours, or still to be sent, is not the entry's end yet."""
+    if finished is None or result is None or result.not_before is not None:
+        return result
+    write_finish(session.connection(), finished)
+    return result.model_copy(update={"finish_recorded": True})
 
 
 def admit(
@@ -314,13 +347,17 @@ def finish(
     reason: str | None = None,
     provider: str | None = None,
     provider_message_id: str | None = None,
+    finished: EntryFinished | None = None,
 ) -> DeliveryResult:
+    """Settle the delivery, with the entry's finish it carries when there is one."""
     with Session(engine) as session, session.begin():
         row = session.get(DeliveryRow, delivery_id)
         assert row is not None
         row.status, row.reason, row.provider_message_id = status, reason, provider_message_id
         row.provider = provider or row.provider
-        return _result(row)
+        result = _with_finish(session, _result(row), finished)
+        assert result is not None
+        return result
 
 
 def list_deliveries(
