@@ -22,7 +22,7 @@ from typing import Any, Literal, TypeVar
 import phonenumbers
 from sqlalchemy import Insert, Table, bindparam, insert, select, text
 from sqlalchemy import update as sql_update
-from sqlalchemy.engine import Engine, Row
+from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
@@ -262,7 +262,7 @@ def ensure_profile(session: Session, profile_id: str) -> None:
     create_missing_profiles(session, [profile_id])
 
 
-def create_missing_profiles(session: Session, profile_ids: Iterable[str]) -> set[str]:
+def create_missing_profiles(session: Session | Connection, profile_ids: Iterable[str]) -> set[str]:
     """Create empty profiles for the ids not stored yet; returns the ids created."""
     now = utcnow()
     rows = [_blank_row(profile_id, now) for profile_id in sorted(set(profile_ids))]
@@ -270,7 +270,7 @@ def create_missing_profiles(session: Session, profile_ids: Iterable[str]) -> set
 
 
 def insert_missing(
-    session: Session, table: Table, rows: Sequence[dict[str, Any]], key: str
+    session: Session | Connection, table: Table, rows: Sequence[dict[str, Any]], key: str
 ) -> set[str]:
     """Insert the rows whose `key` is not stored yet; returns the keys inserted.
 
@@ -280,7 +280,7 @@ def insert_missing(
     """
     if not rows:
         return set()
-    dialect = session.get_bind().dialect.name
+    dialect = dialect_of(session)
     if dialect in ("postgresql", "sqlite"):
         return set(session.execute(_insert_missing(dialect, table, key), list(rows)).scalars())
     inserted: set[str] = set()
@@ -332,15 +332,19 @@ def write_session(engine: Engine) -> Iterator[Session]:
         yield session
 
 
-def plan_for_current_sizes(session: Session) -> None:
+def plan_for_current_sizes(session: Session | Connection) -> None:
     """Plan each `id IN (…)` lookup for the table as it is now.
 
     psycopg prepares a statement run five times, and PostgreSQL may then keep a generic plan
     made while the table was small: a sequential scan comparing every row with every id,
     which an import makes slower with each batch (two seconds a lookup at 50,000 profiles).
     """
-    if session.get_bind().dialect.name == "postgresql":
+    if dialect_of(session) == "postgresql":
         session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
+
+
+def dialect_of(session: Session | Connection) -> str:
+    return (session.get_bind() if isinstance(session, Session) else session).dialect.name
 
 
 @dataclass
