@@ -49,6 +49,7 @@ from activities.db import close_engine, engine_for
 from activities.profiles import set_profile
 from parcours import ParcoursPlugin
 from parcours import search_attributes as sa
+from parcours.compiled import compile_once
 from parcours.contracts import JourneyPosition
 from parcours.loader import load_paths
 from parcours.records import NewEvent
@@ -352,6 +353,11 @@ async def run(rounds: int, entries: int, concurrency: int, wait_entries: int) ->
             )
             # The plugin on the client is all the journey worker needs (README).
             journey_worker = Worker(bench.journey_client, task_queue=JOURNEY_QUEUE)
+            # Where Python writes no bytecode cache (PYTHONDONTWRITEBYTECODE, set on some
+            # machines this runs on), the sandbox would compile the baseline's module for every
+            # run: a cost no installed deployment pays, which would flatter the ratio. The
+            # journey's modules get the same treatment from ParcoursPlugin.
+            compile_once([BaselineWorkflow.__module__])
             baseline_worker = Worker(
                 bench.baseline_client,
                 task_queue=BASELINE_QUEUE,
@@ -510,7 +516,7 @@ Measured by `bench/journeys.py` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC (the r
 - Command: `{command()}` (`make bench` runs it too)
 - Machine: {machine()}; 1-minute load average {results.load:.2f} as the run began (other work on the machine lowers both rates; alternating rounds keeps it from skewing the ratio much)
 - Software: {versions()}
-- Setup: one Temporal dev server on 127.0.0.1, in-memory store, {pragmas}; the Parcours store is SQLite in a temp dir; the sender and both workers share one Python process. `JourneyWorkflow` runs outside Temporal's workflow sandbox (`sandboxed=False`: its imports were all passed through, so the sandbox only re-imported its module for every entry; tests/test_replay.py replays every journey history inside the sandbox instead); the baseline runs in the sandbox, the SDK's default.
+- Setup: one Temporal dev server on 127.0.0.1, in-memory store, {pragmas}; the Parcours store is SQLite in a temp dir; the sender and both workers share one Python process. `JourneyWorkflow` runs outside Temporal's workflow sandbox (`sandboxed=False`: its imports were all passed through, so the sandbox only re-imported its module for every entry; tests/test_replay.py replays every journey history inside the sandbox instead); the baseline runs in the sandbox, the SDK's default, its module compiled once per process as Python's bytecode cache would (this machine sets `PYTHONDONTWRITEBYTECODE`, which would otherwise charge it a compile per entry that no installed deployment pays).
 
 {summary_table(results)}
 
