@@ -173,7 +173,10 @@ def claim_and_admit(
     try:
         with write_session(engine) as session:
             _lock_profile(session, request.profile_id)
-            found_id = session.execute(_ID_BY_KEY, {"key": request.idempotency_key}).scalar()
+            # Core statements run on the session's connection: the ORM's execution layer
+            # costs more than these reads and writes themselves.
+            connection = session.connection()
+            found_id = connection.execute(_ID_BY_KEY, {"key": request.idempotency_key}).scalar()
             if found_id is None:
                 # A new row is written once, with its outcome, by one INSERT: kept out of the
                 # session, it costs no unit of work to flush (the cap leaves it out anyway).
@@ -190,7 +193,7 @@ def claim_and_admit(
                 result = _admit_row(session, row, admission, policy, outbox)
             if found_id is None:
                 set_ = inspect(row).dict
-                session.execute(_INSERT, [{c: set_[c] for c in _COLUMNS if c in set_}])
+                connection.execute(_INSERT, [{c: set_[c] for c in _COLUMNS if c in set_}])
             return Decided(row.id, _with_finish(session, result, request.finish))
     except IntegrityError:
         # A concurrent attempt inserted the same key first (PostgreSQL; SQLite's write lock
@@ -250,7 +253,9 @@ def _admit_row(
         row.status, row.reason = "suppressed", reason
         return _result(row)
 
-    reason = suppression.reason_for(session, admission.profile, request.channel, admission.to)
+    reason = suppression.reason_for(
+        session.connection(), admission.profile, request.channel, admission.to
+    )
     if reason is not None:
         return suppressed(reason)
     if request.priority == "marketing":

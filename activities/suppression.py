@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from sqlalchemy import bindparam, delete, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from activities.db import SuppressionRow, utcnow
@@ -39,7 +40,9 @@ def lift(session: Session, channel: str, address: str) -> None:
     )
 
 
-def reason_for(session: Session, profile: Profile, channel: str, address: str) -> str | None:
+def reason_for(
+    session: Session | Connection, profile: Profile, channel: str, address: str
+) -> str | None:
     """Why a message to this profile and address must not go, or None when it may."""
     if opted_out(profile, channel):
         return OPTED_OUT
@@ -58,7 +61,7 @@ def opted_out(profile: Consenting, channel: str) -> bool:
 
 
 def suppressed_addresses(
-    session: Session, channel: str, addresses: Sequence[str]
+    session: Session | Connection, channel: str, addresses: Sequence[str]
 ) -> dict[str, str]:
     """The suppressed ones among `addresses`, with their reasons."""
     if not addresses:
