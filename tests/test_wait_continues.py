@@ -1,5 +1,6 @@
 """A long `wait_for_event` that hears many events continues as new in the middle of the wait:
-the same wait goes on, with the time it had left and every event it had not read yet."""
+the same wait goes on, with the time it had left and every event it had not read yet. And a
+wait that opens an entry hears the events that reached the entry with its start."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities import catalog
 from activities.apply import apply_paths
+from activities.events import record_event
 from activities.profiles import set_profile
-from parcours.contracts import JourneyInput, JourneyPosition
+from parcours.contracts import EventRef, JourneyInput, JourneyPosition
 from parcours.records import NewEvent
 from parcours.settings import Settings
 from starter.routing import send_event
@@ -117,6 +119,30 @@ async def test_a_long_wait_continues_as_new_and_loses_no_event(
     ], "the wait was entered once and ended on the matching event"
     assert set(sent) <= set(position.events), "every event reached the entry"
     assert position.path[1].entered_at - position.path[0].entered_at < timedelta(days=2)
+
+
+async def test_an_opening_wait_hears_an_event_that_came_with_the_start(
+    time_skipping_env: WorkflowEnvironment, client: Client, engine: Engine, settings: Settings
+) -> None:
+    # An event sent right after the entry began can reach the workflow in its first task,
+    # with the start itself: signal-with-start makes that certain here.
+    event, _ = record_event(engine, NewEvent(type="ping", profile_id="ada", properties={"n": 99}))
+    found = catalog.current_journey(engine, "patient")
+    assert found is not None
+    await client.start_workflow(
+        JourneyWorkflow.run,
+        JourneyInput(journey=found[0], version=found[1], profile_id="ada"),
+        id=WORKFLOW_ID,
+        task_queue=settings.task_queue,
+        start_signal="event",
+        start_signal_args=[EventRef(id=event.id, type=event.type, timestamp=event.timestamp)],
+    )
+    position = await finish(time_skipping_env, client, WORKFLOW_ID)
+
+    assert [(s.node, s.outcome) for s in position.path] == [
+        ("await-99", f"ping ({event.id})"),
+        ("hit", "ended"),
+    ], "the wait read the event, not waited ten days past it"
 
 
 async def test_a_continued_wait_keeps_its_deadline(

@@ -62,9 +62,10 @@ WEBHOOK_RETRY = RetryPolicy(
 MAX_SEEN_EVENTS = 100
 # The path a continued entry keeps: enough to read where it has been lately.
 MAX_PATH_CARRIED = 50
-# A patch (see docs/changing-workflows.md): entries recorded before the change replay
+# Patches (see docs/changing-workflows.md): entries recorded before each change replay
 # without it.
 CONTINUE_WHILE_WAITING = "continue-as-new-while-waiting"
+WAIT_READS_EARLY_EVENTS = "wait-for-event-reads-events-that-came-with-the-start"
 
 
 # Outside Temporal's sandbox: it would import this module afresh for every entry and run
@@ -316,8 +317,15 @@ class JourneyWorkflow:
             f"At **{node.id}**: {node.summary()}, until {deadline:%Y-%m-%d %H:%M} UTC"
         )
         # Only events after this point count: "the profile's next matching event". A wait
-        # carried over from the previous run starts with the events that run had not read.
-        cursor = 0 if carried else len(self._inbox)
+        # carried over from the previous run starts with the events that run had not read,
+        # and a wait that opens the entry with every event since the entry event: one sent
+        # right after it reaches the workflow with its start, before this node is entered.
+        opening = self._input.resume is None and len(self._path) == 1
+        cursor = (
+            0
+            if carried or (opening and workflow.patched(WAIT_READS_EARLY_EVENTS))
+            else len(self._inbox)
+        )
         while True:
             remaining = deadline - workflow.now()
             try:
