@@ -14,9 +14,9 @@ docs/operations.md recommends. Each round has:
 - the API, twice, once per layout, in an order that alternates from round to round:
   `POST /v1/events` to the ingesting process with `--batch` events per request (encoded
   beforehand), `--concurrency` requests in flight, while another process reads
-  `GET /v1/profiles/{id}/segments` for random profiles one request after another (its
-  latencies give the p99), from the ingesting process itself ("shared") or from the
-  read-serving one ("own");
+  `GET /v1/profiles/{id}/segments` for random profiles, `--read-rate` requests a second,
+  one at a time (their latencies give the p99), from the ingesting process itself
+  ("shared") or from the read-serving one ("own");
 - the same reads with no ingestion running, for `--quiet-seconds`, from the read-serving
   process, so the report shows what the load costs a read.
 
@@ -44,6 +44,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
@@ -60,6 +61,7 @@ from activities.apply import apply_paths  # noqa: E402
 from activities.db import EventRow, close_engine, engine_for  # noqa: E402
 from activities.profiles import profile_update, upsert_profiles  # noqa: E402
 from activities.segments import rebuild  # noqa: E402
+from bench.journeys import _cpu_seconds  # noqa: E402
 from bench.report import command, machine, spread, verdict, write_docs  # noqa: E402
 
 T = TypeVar("T")
@@ -114,15 +116,21 @@ def raw_insert(engine: Engine, batch: list[dict[str, object]], size: int) -> flo
     return len(rows) / (time.perf_counter() - started)
 
 
-def read_segments(port: int, profiles: int, stop: Event, out: Connection) -> None:
+def read_segments(port: int, profiles: int, rate: float, stop: Event, out: Connection) -> None:
     """In its own process, so the load generator's work does not count in the latencies:
-    one request after another on one kept-alive connection."""
+    `rate` requests a second, one at a time on one kept-alive connection (a late answer makes
+    the next request go at once). A steady rate, not requests back to back, so that faster
+    answers do not make more reads, which would take cores from ingestion: both layouts get
+    the same read load."""
     connection = http.client.HTTPConnection("127.0.0.1", port)
     headers = {"Authorization": f"Bearer {KEY}"}
     rng = random.Random(1)
     latencies: list[float] = []
+    due = time.perf_counter()
     while not stop.is_set():
+        time.sleep(max(0.0, due - time.perf_counter()))
         started = time.perf_counter()
+        due = max(due + 1 / rate, started)  # late: the next one goes when this one is answered
         connection.request(
             "GET", f"/v1/profiles/p{rng.randrange(profiles)}/segments", headers=headers
         )
@@ -154,11 +162,20 @@ async def post_events(url: str, bodies: list[bytes], concurrency: int, size: int
         return len(bodies) * size / (time.perf_counter() - started)
 
 
-def reading_while(port: int, profiles: int, work: Callable[[], T]) -> tuple[T, list[float]]:
+@dataclass(frozen=True)
+class Reads:
+    port: int  # of the API process read from
+    profiles: int  # read at random among p0, p1, …
+    rate: float  # reads a second
+
+
+def reading_while(reads: Reads, work: Callable[[], T]) -> tuple[T, list[float]]:
     """`work()` while the reader process reads segments; its result and the read latencies."""
     stop = multiprocessing.Event()
     receive, send = multiprocessing.Pipe(duplex=False)
-    reader = multiprocessing.Process(target=read_segments, args=(port, profiles, stop, send))
+    reader = multiprocessing.Process(
+        target=read_segments, args=(reads.port, reads.profiles, reads.rate, stop, send)
+    )
     reader.start()
     try:
         result = work()
@@ -170,27 +187,20 @@ def reading_while(port: int, profiles: int, work: Callable[[], T]) -> tuple[T, l
 
 
 def over_http(
-    port: int,
-    read_port: int,
-    batch: list[dict[str, object]],
-    size: int,
-    concurrency: int,
-    profiles: int,
+    port: int, batch: list[dict[str, object]], size: int, concurrency: int, reads: Reads
 ) -> tuple[float, list[float]]:
-    """Events posted to the API on `port` while segments are read from the one on `read_port`
-    (the same process, or another on the same store)."""
+    """Events posted to the API on `port` while `reads` go to it or to another process on the
+    same store."""
     bodies = [
         json.dumps({"events": batch[i : i + size]}).encode() for i in range(0, len(batch), size)
     ]
     url = f"http://127.0.0.1:{port}"
-    return reading_while(
-        read_port, profiles, lambda: asyncio.run(post_events(url, bodies, concurrency, size))
-    )
+    return reading_while(reads, lambda: asyncio.run(post_events(url, bodies, concurrency, size)))
 
 
-def quiet_p99(port: int, profiles: int, seconds: float) -> tuple[float, int]:
+def quiet_p99(reads: Reads, seconds: float) -> tuple[float, int]:
     """The reads' p99 (ms) with nothing else sent to the API, and how many reads it is over."""
-    _, latencies = reading_while(port, profiles, lambda: time.sleep(seconds))
+    _, latencies = reading_while(reads, lambda: time.sleep(seconds))
     return statistics.quantiles(latencies, n=100)[98], len(latencies)
 
 
@@ -224,6 +234,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     parser.add_argument("--profiles", type=int, default=10_000)
     parser.add_argument(
+        "--read-rate", type=float, default=250, help="segment reads a second, in each layout"
+    )
+    parser.add_argument(
         "--quiet-seconds", type=float, default=5.0, help="reads with no ingestion, per round"
     )
     args = parser.parse_args()
@@ -243,6 +256,9 @@ def main() -> None:
         # "shared" takes the events in and serves reads too; "own" serves only reads.
         apis = {layout: start_api(port, env) for layout, port in ports.items()}
         ingesting = ports["shared"]
+        reads = {
+            layout: Reads(port, args.profiles, args.read_rate) for layout, port in ports.items()
+        }
         raw_rates: list[float] = []
         rates: dict[str, list[float]] = {layout: [] for layout in LAYOUTS}
         p99s: dict[str, list[float]] = {layout: [] for layout in LAYOUTS}
@@ -251,7 +267,7 @@ def main() -> None:
             for layout, api in apis.items():
                 wait_until_up(f"http://127.0.0.1:{ports[layout]}", api)
             for round_ in range(args.rounds):
-                quiet, quiet_reads = quiet_p99(ports["own"], args.profiles, args.quiet_seconds)
+                quiet, quiet_reads = quiet_p99(reads["own"], args.quiet_seconds)
                 quiet_p99s.append(quiet)
                 raw = raw_insert(
                     engine, events(args.events, args.profiles, f"raw{round_}"), args.batch
@@ -264,21 +280,31 @@ def main() -> None:
                 )
                 for layout in LAYOUTS if round_ % 2 == 0 else LAYOUTS[::-1]:
                     tag = f"api{round_}-{layout}-{uuid.uuid4().hex[:6]}"
+                    cpu_before = {name: _cpu_seconds(api.pid) or 0.0 for name, api in apis.items()}
+                    started = time.perf_counter()
                     rate, latencies = over_http(
                         ingesting,
-                        ports[layout],
                         events(args.events, args.profiles, tag),
                         args.batch,
                         args.concurrency,
-                        args.profiles,
+                        reads[layout],
                     )
+                    elapsed = time.perf_counter() - started
+                    # Cores each API process used meanwhile: the read-serving one's share is
+                    # what the reads cost, the rest is what they leave ingestion.
+                    cores = {
+                        name: ((_cpu_seconds(api.pid) or 0.0) - cpu_before[name]) / elapsed
+                        for name, api in apis.items()
+                    }
                     cuts = statistics.quantiles(latencies, n=100)
                     rates[layout].append(rate)
                     p99s[layout].append(cuts[98])
                     print(
                         f"  reads on {layout:6}: API {rate:,.0f}/s (ratio {rate / raw:.2f}), "
                         f"segments p50 {cuts[49]:.2f} p90 {cuts[89]:.2f} p99 {cuts[98]:.2f} ms "
-                        f"over {len(latencies)} reads",
+                        f"over {len(latencies)} reads ({len(latencies) / elapsed:,.0f}/s); cores "
+                        f"used by the ingesting API {cores['shared']:.2f}, by the read-serving "
+                        f"one {cores['own']:.2f}",
                         flush=True,
                     )
         finally:
@@ -324,6 +350,7 @@ def main() -> None:
         f"- Machine: {machine()}\n"
         f"- Store: SQLite (WAL), {args.profiles:,} profiles; {args.events:,} events per round "
         f"and side, {args.rounds} rounds, {args.concurrency} requests in flight; "
+        f"{args.read_rate:g} segment reads a second, one at a time; "
         f"{args.quiet_seconds:g} s of reads from the read-serving process with no ingestion "
         "before each round; "
         "two `parcours api` processes on the same store, one taking the events in and one "
