@@ -1,6 +1,7 @@
 """The profile store on SQLite: profiles, events, published versions, the delivery ledger."""
 
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -274,3 +275,18 @@ def test_a_connection_back_moments_ago_is_not_pinged_and_a_drop_is_caught_on_use
     with engine.connect() as connection:
         assert backend(connection) != pid
     admin.dispose()
+
+
+def test_ordered_ids_are_distinct_uuid7s_in_time_order() -> None:
+    first = db.ordered_ids(1000)
+    time.sleep(0.002)
+    second = db.ordered_ids(3)
+    ids = [uuid.UUID(i) for i in first + second]
+    assert [str(u) for u in ids] == first + second
+    assert {(u.version, u.variant) for u in ids} == {(7, uuid.RFC_4122)}
+    assert len(set(ids)) == 1003
+    # The first 48 bits are the milliseconds they were made at.
+    stamps = [u.int >> 80 for u in ids]
+    assert max(stamps[:1000]) < min(stamps[1000:])
+    assert abs(stamps[-1] - time.time_ns() // 1_000_000) < 5_000
+    assert db.ordered_ids(0) == []
