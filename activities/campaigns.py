@@ -285,7 +285,8 @@ class PageSender:
             .limit(self.page.limit)
         )
         with self.engine.connect() as connection:
-            return list(connection.execute(query))
+            # `all()` fetches the rows in one driver call; iterating asks for them one by one.
+            return list(connection.execute(query).all())
 
     def _follow_up_targets(self, members: list[Row[Any]]) -> list[Row[Any]]:
         """Those whose first message went out and was not opened (or clicked) since."""
