@@ -12,6 +12,7 @@ import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +73,11 @@ def insert_many(connection: Connection, table: Table, rows: Sequence[Mapping[str
     # Each row's values in statement order, then only the columns with a processor fixed up:
     # most of a ledger row's columns are strings the driver takes as they are.
     fixed = [(i, _memoized(processors[name])) for i, name in enumerate(order) if name in processors]
+    # One C call per row for its values (itemgetter of a single name gives no tuple).
+    values_of = itemgetter(*order) if len(order) > 1 else lambda row: (row[order[0]],)
     parameters: list[Any] = []
     for row in rows:
-        values = [row[name] for name in order]
+        values = list(values_of(row))
         for i, process in fixed:
             values[i] = process(values[i])
         parameters.append(
