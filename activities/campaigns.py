@@ -460,7 +460,7 @@ class PageSender:
         bulk: list[_Recipient] = []
         single: list[_Recipient] = []
         for r in admitted:
-            (bulk if _substituted_size(r.message) <= MAX_SUBSTITUTED_BYTES else single).append(r)
+            (bulk if _substitutable(r.message) else single).append(r)
         for start in range(0, len(bulk), MAX_PERSONALIZATIONS):
             batch = bulk[start : start + MAX_PERSONALIZATIONS]
             try:
@@ -654,10 +654,18 @@ class PageSender:
         return [r.row["status"] for r in changed]
 
 
-def _substituted_size(message: Outgoing | None) -> int:
+def _substitutable(message: Outgoing | None) -> bool:
+    """Whether the message's bodies fit in SendGrid's substitutions. A character is 1 to 4
+    bytes of UTF-8: only bodies between the two bounds are encoded to be measured."""
     if message is None:
-        return 0
-    return len(message.text.encode()) + len((message.html or "").encode()) + 64
+        return True
+    chars = len(message.text) + len(message.html or "") + 64
+    if 4 * chars <= MAX_SUBSTITUTED_BYTES:
+        return True
+    if chars > MAX_SUBSTITUTED_BYTES:
+        return False
+    size = len(message.text.encode()) + len((message.html or "").encode()) + 64
+    return size <= MAX_SUBSTITUTED_BYTES
 
 
 def running_runs(engine: Engine, campaign_id: str) -> list[str]:
