@@ -41,7 +41,7 @@ from activities.db import (
     utcnow,
 )
 from activities.delivery import address_of, no_address, retry_delay, send_clock, sms_taken
-from activities.rendering import RenderError, message_context, profile_json
+from activities.rendering import RenderError, profile_json
 from activities.rule_sql import members_query
 from parcours.contracts import (
     CampaignPage,
@@ -414,11 +414,8 @@ class PageSender:
             if reason is not None:
                 self._settle(recipient, "suppressed", reason)
                 continue
-            context = message_context(
-                self.settings, template, profile_json(profile), None, renderer=renderer
-            )
             try:
-                rendered = renderer.render(context)
+                rendered = renderer.render_profile(self.settings, profile_json(profile))
             except RenderError as exc:
                 self._settle(recipient, "failed", str(exc))
                 continue

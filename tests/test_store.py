@@ -10,18 +10,19 @@ from sqlalchemy import Connection, create_engine, inspect, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
-from activities import catalog, db, ledger
+from activities import catalog, db, ledger, rendering
 from activities.campaigns import PROFILE_COLUMNS
 from activities.db import engine_for, utcnow
 from activities.events import get_event, record_event
 from activities.profiles import get_profile, set_profile
-from activities.rendering import RenderError, profile_json, render
+from activities.rendering import RenderError, message_context, profile_json, render
 from parcours.contracts import SendMessageInput
 from parcours.definitions import Template
 from parcours.delivery_policy import DeliveryPolicy
 from parcours.errors import InputError
 from parcours.loader import load_paths
 from parcours.records import NewEvent, Profile
+from parcours.settings import Settings
 from tests.conftest import EXAMPLES
 
 
@@ -195,6 +196,23 @@ def test_a_campaign_page_gives_templates_the_profile_as_pydantic_dumps_it(
     with engine.connect() as connection:
         [row] = connection.execute(select(*PROFILE_COLUMNS))
     assert profile_json(row) == profile.model_dump(mode="json")
+
+
+def test_a_campaign_page_renders_what_a_message_context_renders(settings: Settings) -> None:
+    template = Template(
+        id="t",
+        channel="email",
+        subject="{{ profile.attributes.plan }} {{ journey.id }} {{ event }}",
+        body="{{ unsubscribe_url }} {% set n = 2 %}{{ range(n)|list }}",
+        html="<p>{{ profile.email }}</p>",
+    )
+    profile = Profile(id="ada", email="a<b@example.com", attributes={"plan": "pro"})
+    renderer = rendering.renderer(template)
+    for_page = renderer.render_profile(settings, profile.model_dump(mode="json"))
+    assert for_page == render(template, message_context(settings, template, profile, None))
+    assert for_page.subject == "pro None {}"
+    assert for_page.text.startswith("http") and for_page.text.endswith("[0, 1]")
+    assert for_page.html == "<p>a&lt;b@example.com</p>"
 
 
 def test_migrations_upgrade_a_store_that_already_holds_profiles(database_url: str) -> None:
