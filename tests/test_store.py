@@ -198,7 +198,8 @@ def test_a_campaign_page_gives_templates_the_profile_as_pydantic_dumps_it(
     assert profile_json(row) == profile.model_dump(mode="json")
 
 
-def test_a_campaign_page_renders_what_a_message_context_renders(settings: Settings) -> None:
+def test_a_campaign_page_renders_what_a_message_context_renders(tmp_path: Path) -> None:
+    settings = Settings.load(tmp_path, env={})
     template = Template(
         id="t",
         channel="email",
