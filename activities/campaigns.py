@@ -42,7 +42,7 @@ from activities.db import (
 )
 from activities.delivery import address_of, no_address, retry_delay, send_clock, sms_taken
 from activities.ledger import DELIVERIES
-from activities.rendering import RenderError, message_context, profile_json
+from activities.rendering import RenderError, profile_json
 from activities.rule_sql import members_query
 from parcours.contracts import (
     CampaignPage,
@@ -285,7 +285,8 @@ class PageSender:
             .limit(self.page.limit)
         )
         with self.engine.connect() as connection:
-            return list(connection.execute(query))
+            # `all()` fetches the rows in one driver call; iterating asks for them one by one.
+            return list(connection.execute(query).all())
 
     def _follow_up_targets(self, members: list[Row[Any]]) -> list[Row[Any]]:
         """Those whose first message went out and was not opened (or clicked) since."""
@@ -413,11 +414,8 @@ class PageSender:
             if reason is not None:
                 self._settle(recipient, "suppressed", reason)
                 continue
-            context = message_context(
-                self.settings, template, profile_json(profile), None, renderer=renderer
-            )
             try:
-                rendered = renderer.render(context)
+                rendered = renderer.render_profile(self.settings, profile_json(profile))
             except RenderError as exc:
                 self._settle(recipient, "failed", str(exc))
                 continue
@@ -459,7 +457,7 @@ class PageSender:
         bulk: list[_Recipient] = []
         single: list[_Recipient] = []
         for r in admitted:
-            (bulk if _substituted_size(r.message) <= MAX_SUBSTITUTED_BYTES else single).append(r)
+            (bulk if _substitutable(r.message) else single).append(r)
         for start in range(0, len(bulk), MAX_PERSONALIZATIONS):
             batch = bulk[start : start + MAX_PERSONALIZATIONS]
             try:
@@ -653,10 +651,18 @@ class PageSender:
         return [r.row["status"] for r in changed]
 
 
-def _substituted_size(message: Outgoing | None) -> int:
+def _substitutable(message: Outgoing | None) -> bool:
+    """Whether the message's bodies fit in SendGrid's substitutions. A character is 1 to 4
+    bytes of UTF-8: only bodies between the two bounds are encoded to be measured."""
     if message is None:
-        return 0
-    return len(message.text.encode()) + len((message.html or "").encode()) + 64
+        return True
+    chars = len(message.text) + len(message.html or "") + 64
+    if 4 * chars <= MAX_SUBSTITUTED_BYTES:
+        return True
+    if chars > MAX_SUBSTITUTED_BYTES:
+        return False
+    size = len(message.text.encode()) + len((message.html or "").encode()) + 64
+    return size <= MAX_SUBSTITUTED_BYTES
 
 
 def running_runs(engine: Engine, campaign_id: str) -> list[str]:

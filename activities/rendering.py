@@ -218,8 +218,28 @@ class MessageRenderer:
             for name, value in compiled.globals.items()
         }
 
+        # What `render_profile` adds a profile to: the context of a message outside a journey.
+        self._outside_journeys = {
+            **self._globals,
+            **template_context({}, None, None, None, None),
+        }
+        del self._outside_journeys["profile"]
+
     def render(self, context: dict[str, Any]) -> Rendered:
-        shared = {**self._globals, **context}
+        return self._render({**self._globals, **context})
+
+    def render_profile(self, settings: Settings, profile: dict[str, Any]) -> Rendered:
+        """`render(message_context(settings, self.template, profile, None))`, for a message
+        outside any journey: a campaign page renders a thousand, and builds the context's
+        fixed parts only once. `profile` is the profile's JSON form (`profile_json`)."""
+        shared = {**self._outside_journeys, "profile": profile}
+        if self.uses_unsubscribe_url:
+            shared["unsubscribe_url"] = unsubscribe_url(
+                settings, profile["id"], self.template.channel
+            )
+        return self._render(shared)
+
+    def _render(self, shared: dict[str, Any]) -> Rendered:
         subject, text, html = (self._one(part, compiled, shared) for part, compiled in self._parts)
         return Rendered(subject=subject, text=text or "", html=html)
 

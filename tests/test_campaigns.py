@@ -19,6 +19,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities import suppression
 from activities.apply import apply_paths
+from activities.campaigns import MAX_SUBSTITUTED_BYTES, _substitutable
+from activities.channels.base import Outgoing
 from activities.db import DeliveryRow
 from activities.profiles import profile_update, upsert_profiles
 from parcours.loader import load_paths
@@ -187,3 +189,21 @@ async def test_send_at_sends_each_recipient_at_that_hour_of_their_own_clock(
         if e.event_type == EventType.EVENT_TYPE_TIMER_STARTED
     ]
     assert len(timers) == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "html", "fits"),
+    [
+        ("x" * (MAX_SUBSTITUTED_BYTES - 64), None, True),
+        ("x" * (MAX_SUBSTITUTED_BYTES - 63), None, False),
+        ("x" * 100, "é" * ((MAX_SUBSTITUTED_BYTES - 164) // 2), True),
+        ("x" * 100, "é" * ((MAX_SUBSTITUTED_BYTES - 164) // 2 + 1), False),
+        ("😀" * ((MAX_SUBSTITUTED_BYTES - 64) // 4), "", True),
+        ("😀" * ((MAX_SUBSTITUTED_BYTES - 64) // 4 + 1), "", False),
+    ],
+)
+def test_bodies_go_out_in_bulk_only_while_their_utf8_bytes_fit_substitutions(
+    text: str, html: str | None, fits: bool
+) -> None:
+    message = Outgoing(to="ada@example.com", subject="s", text=text, html=html)
+    assert _substitutable(message) is fits

