@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -35,7 +36,7 @@ from activities.catalog import SEGMENTS_REVISION, known_segments, segment_catalo
 from activities.db import EventRow, JsonObject, MembershipRow, ProfileRow, utcnow
 from activities.rule_sql import members_query
 from parcours.definitions import Segment
-from parcours.evaluate import EventFacts, ProfileFacts, matches
+from parcours.evaluate import Evaluation, EventFacts, ProfileFacts
 from parcours.rules import AttributeRule, ConsentRule, EventRule, SegmentRef, children
 
 # Ids per IN list: well under SQLite's and PostgreSQL's parameter limits.
@@ -325,8 +326,8 @@ class _Catalog:
         return plan
 
 
-# Parsed segments per database, kept while its catalog revision stays the same.
-_catalogs: dict[str, _Catalog] = {}
+# Parsed segments per engine (one per database), kept while its catalog revision stays the same.
+_catalogs: weakref.WeakKeyDictionary[Engine, _Catalog] = weakref.WeakKeyDictionary()
 _catalogs_lock = threading.Lock()
 
 
@@ -338,13 +339,12 @@ def _read_catalog(engine: Engine) -> _Catalog:
 def followed_event_types(engine: Engine) -> frozenset[str]:
     """The event types some segment's membership depends on, at the current revision (one
     small read when the segments did not change)."""
-    key = engine.url.render_as_string(hide_password=False)
     with engine.connect() as connection:
-        catalog = _catalogs.get(key)
+        catalog = _catalogs.get(engine)
         if catalog is None or catalog.token != connection.execute(SEGMENTS_REVISION).scalar():
             catalog = _Catalog.read(connection)
             with _catalogs_lock:
-                _catalogs[key] = catalog
+                _catalogs[engine] = catalog
     return frozenset(t for deps in catalog.dependencies.values() for t in deps.events)
 
 
@@ -363,8 +363,7 @@ def refresh_profile(
     revision it returns; a write only when a membership changes.
     """
     now = now or utcnow()
-    key = engine.url.render_as_string(hide_password=False)
-    catalog = _catalogs.get(key) or _read_catalog(engine)
+    catalog = _catalogs.get(engine) or _read_catalog(engine)
     plan = catalog.plan(event_type, profile_changed)
     rows = plan.fetch(engine, profile_id, now)
     state = _profile_row(rows)
@@ -377,7 +376,7 @@ def refresh_profile(
             rows = plan.fetch(engine, profile_id, now)
             state = _profile_row(rows)
     with _catalogs_lock:
-        _catalogs[key] = catalog
+        _catalogs[engine] = catalog
     if state is None or not plan.segments:
         return []
     events = [
@@ -395,10 +394,11 @@ def refresh_profile(
         events=events,
     )
     active = set(current.split(" ")) if current else set()
-    segments = catalog.segments
+    # One evaluation for all of them: segments they refer to are worked out once.
+    evaluation = Evaluation(profile, now, catalog.segments)
     changed = {}
     for segment_id in plan.segments:
-        inside = matches(segments[segment_id].rule, profile, now, segments)
+        inside = evaluation.in_segment(segment_id)
         if inside != (segment_id in active):
             changed[(segment_id, profile_id)] = inside
     # _record reads the rows again in its own transaction: what another refresh changed in
