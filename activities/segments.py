@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,6 +21,7 @@ from sqlalchemy import (
     Connection,
     String,
     bindparam,
+    case,
     cast,
     func,
     null,
@@ -35,7 +37,7 @@ from activities.catalog import SEGMENTS_REVISION, known_segments, segment_catalo
 from activities.db import EventRow, JsonObject, MembershipRow, ProfileRow, utcnow
 from activities.rule_sql import members_query
 from parcours.definitions import Segment
-from parcours.evaluate import EventFacts, ProfileFacts, matches
+from parcours.evaluate import Evaluation, EventFacts, ProfileFacts
 from parcours.rules import AttributeRule, ConsentRule, EventRule, SegmentRef, children
 
 # Ids per IN list: well under SQLite's and PostgreSQL's parameter limits.
@@ -127,12 +129,22 @@ class _Plan:
     event_types: tuple[str, ...]  # the events their rules count
     # How far back those rules look; None: at least one counts events of any age.
     horizon: timedelta | None
+    # The event types whose properties a rule reads (in a `where`): of the others, only the
+    # type and time are read.
+    properties: tuple[str, ...]
+
+    @functools.cached_property
+    def _kinds(self) -> dict[str, str]:
+        kinds = {f"type_{i}": t for i, t in enumerate(self.event_types)}
+        kinds.update({f"properties_{i}": t for i, t in enumerate(self.properties)})
+        return kinds
 
     def fetch(self, engine: Engine, profile_id: str, now: datetime) -> list[tuple[Any, ...]]:
         """The profile's row and its events' (see `_refresh_read`), straight from the driver."""
-        read = _compiled_read(engine.dialect, len(self.event_types), self.horizon is not None)
-        parameters: dict[str, Any] = {"profile_id": profile_id}
-        parameters.update({f"type_{i}": t for i, t in enumerate(self.event_types)})
+        read = _compiled_read(
+            engine.dialect, len(self.event_types), self.horizon is not None, len(self.properties)
+        )
+        parameters: dict[str, Any] = {"profile_id": profile_id, **self._kinds}
         if self.horizon is not None:
             since = now - self.horizon
             parameters["since"] = read.since(since) if read.since else since
@@ -140,10 +152,12 @@ class _Plan:
 
 
 @functools.cache
-def _refresh_read(dialect: str, types: int, since: bool) -> Any:
+def _refresh_read(dialect: str, types: int, since: bool, properties: int) -> Any:
     """One read of everything a refresh needs: the profile with the catalog's revision and its
     current segments, space-separated (ids hold no spaces); then, one row each, the events of
-    `types` types (bound as type_0, type_1…), from `since` when given.
+    `types` types (bound as type_0, type_1…), from `since` when given, with their properties
+    for `properties` of those types (bound as properties_0…; NULL for the others, whose
+    properties no rule reads: neither sent nor decoded).
 
     Built once per shape and kept; `_compiled_read` compiles it once per dialect."""
     profile_id: Any = bindparam("profile_id")
@@ -178,9 +192,16 @@ def _refresh_read(dialect: str, types: int, since: bool) -> Any:
     ).where(ProfileRow.id == profile_id)
     # One parameter per type, not an expanding list: the statement compiles once.
     kinds: list[Any] = [bindparam(f"type_{i}") for i in range(types)]
-    counted = select(
-        *(null() for _ in columns), EventRow.type, timestamp, EventRow.properties
-    ).where(EventRow.profile_id == profile_id, EventRow.type.in_(kinds))
+    if properties == types:
+        read: Any = EventRow.properties
+    elif properties:
+        wanted: list[Any] = [bindparam(f"properties_{i}") for i in range(properties)]
+        read = case((EventRow.type.in_(wanted), EventRow.properties))
+    else:
+        read = cast(null(), JsonObject)
+    counted = select(*(null() for _ in columns), EventRow.type, timestamp, read).where(
+        EventRow.profile_id == profile_id, EventRow.type.in_(kinds)
+    )
     if since:
         counted = counted.where(EventRow.timestamp >= bindparam("since"))
     return union_all(profile, counted)
@@ -250,14 +271,14 @@ def _decoded(row: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(values)
 
 
-_reads: dict[tuple[str, str, int, bool], _Read] = {}
+_reads: dict[tuple[str, str, int, bool, int], _Read] = {}
 
 
-def _compiled_read(dialect: Dialect, types: int, since: bool) -> _Read:
-    key = (dialect.name, dialect.driver, types, since)
+def _compiled_read(dialect: Dialect, types: int, since: bool, properties: int) -> _Read:
+    key = (dialect.name, dialect.driver, types, since, properties)
     read = _reads.get(key)
     if read is None:
-        compiled = _refresh_read(dialect.name, types, since).compile(dialect=dialect)
+        compiled = _refresh_read(dialect.name, types, since, properties).compile(dialect=dialect)
         processor = EventRow.__table__.c.timestamp.type.dialect_impl(dialect).bind_processor(
             dialect
         )
@@ -321,12 +342,13 @@ class _Catalog:
             windows = [r.within for r in rules]
             horizon = None if None in windows or not windows else max(w for w in windows if w)
             types = tuple(sorted({r.event for r in rules}))
-            plan = self.plans[key] = _Plan(affected, types, horizon)
+            properties = tuple(sorted({r.event for r in rules if r.where is not None}))
+            plan = self.plans[key] = _Plan(affected, types, horizon, properties)
         return plan
 
 
-# Parsed segments per database, kept while its catalog revision stays the same.
-_catalogs: dict[str, _Catalog] = {}
+# Parsed segments per engine (one per database), kept while its catalog revision stays the same.
+_catalogs: weakref.WeakKeyDictionary[Engine, _Catalog] = weakref.WeakKeyDictionary()
 _catalogs_lock = threading.Lock()
 
 
@@ -338,13 +360,12 @@ def _read_catalog(engine: Engine) -> _Catalog:
 def followed_event_types(engine: Engine) -> frozenset[str]:
     """The event types some segment's membership depends on, at the current revision (one
     small read when the segments did not change)."""
-    key = engine.url.render_as_string(hide_password=False)
     with engine.connect() as connection:
-        catalog = _catalogs.get(key)
+        catalog = _catalogs.get(engine)
         if catalog is None or catalog.token != connection.execute(SEGMENTS_REVISION).scalar():
             catalog = _Catalog.read(connection)
             with _catalogs_lock:
-                _catalogs[key] = catalog
+                _catalogs[engine] = catalog
     return frozenset(t for deps in catalog.dependencies.values() for t in deps.events)
 
 
@@ -363,8 +384,7 @@ def refresh_profile(
     revision it returns; a write only when a membership changes.
     """
     now = now or utcnow()
-    key = engine.url.render_as_string(hide_password=False)
-    catalog = _catalogs.get(key) or _read_catalog(engine)
+    catalog = _catalogs.get(engine) or _read_catalog(engine)
     plan = catalog.plan(event_type, profile_changed)
     rows = plan.fetch(engine, profile_id, now)
     state = _profile_row(rows)
@@ -373,15 +393,19 @@ def refresh_profile(
         # needs other events.
         catalog = _read_catalog(engine)
         fetched, plan = plan, catalog.plan(event_type, profile_changed)
-        if (plan.event_types, plan.horizon) != (fetched.event_types, fetched.horizon):
+        if (plan.event_types, plan.horizon, plan.properties) != (
+            fetched.event_types,
+            fetched.horizon,
+            fetched.properties,
+        ):
             rows = plan.fetch(engine, profile_id, now)
             state = _profile_row(rows)
     with _catalogs_lock:
-        _catalogs[key] = catalog
+        _catalogs[engine] = catalog
     if state is None or not plan.segments:
         return []
     events = [
-        EventFacts(r[_EVENT], _timestamp(r[_EVENT + 1]), r[_EVENT + 2])
+        EventFacts(r[_EVENT], _timestamp(r[_EVENT + 1]), r[_EVENT + 2] or {})
         for r in rows
         if len(r) > _EVENT and r[_EVENT] is not None
     ]
@@ -395,10 +419,11 @@ def refresh_profile(
         events=events,
     )
     active = set(current.split(" ")) if current else set()
-    segments = catalog.segments
+    # One evaluation for all of them: segments they refer to are worked out once.
+    evaluation = Evaluation(profile, now, catalog.segments)
     changed = {}
     for segment_id in plan.segments:
-        inside = matches(segments[segment_id].rule, profile, now, segments)
+        inside = evaluation.in_segment(segment_id)
         if inside != (segment_id in active):
             changed[(segment_id, profile_id)] = inside
     # _record reads the rows again in its own transaction: what another refresh changed in

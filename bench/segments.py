@@ -212,7 +212,7 @@ class Load:
 def _events_index() -> Index:
     # ix_events_profile_type_time, the index every event rule reads: dropped during the load
     # and built once afterwards, from the model's own definition.
-    (index,) = TABLES["events"].indexes
+    (index,) = (i for i in TABLES["events"].indexes if i.name == "ix_events_profile_type_time")
     return index
 
 
@@ -699,7 +699,7 @@ PARTS = (
         "activities/segments.py",
         "run",
     ),
-    ("matches: in-memory evaluation", "parcours/evaluate.py", "matches"),
+    ("in-memory evaluation: the compiled rules", "parcours/evaluate.py", "in_segment"),
     ("_record: write memberships (transitions only)", "activities/segments.py", "_record"),
 )
 

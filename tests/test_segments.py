@@ -15,6 +15,7 @@ from activities.events import record_event
 from activities.profiles import set_profile
 from activities.rule_sql import members_query
 from activities.segments import (
+    _read_catalog,
     dependencies,
     profile_segments,
     recheck_time_windows,
@@ -232,3 +233,34 @@ def test_a_failed_refresh_raises_sqlalchemys_error_and_leaves_the_pool_as_it_was
     assert [t.segment_id for t in entered] == ["pro"]
     if engine.dialect.name == "postgresql":
         assert returned and all(autocommit is False for autocommit in returned)
+
+
+def test_a_refresh_reads_the_properties_of_only_the_events_a_where_reads(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """`shopper` counts visits of any kind and orders over 100: after a visit, the read brings
+    the orders' properties and leaves the visits' unread, and the answer is unchanged."""
+    (tmp_path / "s.yaml").write_text(
+        "kind: segment\nid: shopper\n"
+        "rule: {all: [{event: visit}, {event: order, where: {property: total, op: gt, value: 100}}]}\n"
+    )
+    apply_paths(engine, [tmp_path / "s.yaml"])
+    now = datetime.now(UTC)
+    for kind, total in (("visit", 500), ("order", 50)):
+        record_event(
+            engine,
+            NewEvent(type=kind, profile_id="ada", properties={"total": total}, timestamp=now),
+        )
+    assert refresh_profile(engine, "ada", event_type="visit", now=now) == []
+    plan = _read_catalog(engine).plan("visit", False)
+    assert (plan.event_types, plan.properties) == (("order", "visit"), ("order",))
+    events = sorted(row[-3:] for row in plan.fetch(engine, "ada", now) if row[-3] is not None)
+    assert [(kind, properties) for kind, _, properties in events] == [
+        ("order", {"total": 50}),
+        ("visit", None),
+    ]
+    record_event(
+        engine, NewEvent(type="order", profile_id="ada", properties={"total": 150}, timestamp=now)
+    )
+    entered = refresh_profile(engine, "ada", event_type="order", now=now)
+    assert [(t.segment_id, t.entered) for t in entered] == [("shopper", True)]
