@@ -125,7 +125,9 @@ class HubFiles:
 
 
 PROFILE_COLUMNS = ("id", "email", "attributes", "consent", "device_tokens", "created_at", "updated_at")  # fmt: skip
-EVENT_COLUMNS = ("id", "profile_id", "type", "timestamp", "properties", "received_at")
+# Stored as routed, as an import stores them: the index of events waiting to be routed stays
+# as small as in production instead of holding every event of the hub.
+EVENT_COLUMNS = ("id", "profile_id", "type", "timestamp", "properties", "received_at", "routed_at")
 
 
 def _pick(choices: Sequence[tuple[str, float]], r: float) -> str:
@@ -190,7 +192,9 @@ def write_hub(hub: Hub, directory: Path) -> HubFiles:
                     kind, properties = "cart_updated", carts[int(rand() * 8)]
                 else:
                     kind, properties = "visit", visits[int(rand() * 1000)]
-                lines.append(f"e{seq:010d}\t{pid}\t{kind}\t{stamp}\t{properties}\t{stamp}\n")
+                lines.append(
+                    f"e{seq:010d}\t{pid}\t{kind}\t{stamp}\t{properties}\t{stamp}\t{stamp}\n"
+                )
             event_file.writelines(lines)
     return HubFiles(profiles_path, events_path, hub.profiles, seq, time.perf_counter() - began)
 
