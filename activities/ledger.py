@@ -59,35 +59,37 @@ class Claim:
 def claim(engine: Engine, request: SendMessageInput, now: datetime | None = None) -> Claim:
     try:
         with Session(engine) as session, session.begin():
-            row, new = _find_or_add(session, request, now)
-            return Claim(row.id, None) if new else _claim_of(row)
+            row = _find(session, request)
+            if row is not None:
+                return _claim_of(row)
+            row = _new_row(request, now)
+            _insert(session, row)
+            return Claim(row.id, None)
     except IntegrityError:
         # A concurrent attempt inserted the same key first: settle against its row.
         return claim(engine, request, now)
 
 
-# Built once, the key bound at each execution: SQLAlchemy finds it compiled.
-_BY_KEY = select(DeliveryRow).where(DeliveryRow.idempotency_key == bindparam("key"))
-
-
-def _find_or_add(
-    session: Session, request: SendMessageInput, now: datetime | None
-) -> tuple[DeliveryRow, bool]:
-    """The delivery's row, and whether it is new (added to the session, not yet flushed)."""
-    row = session.scalar(_BY_KEY, {"key": request.idempotency_key})
-    if row is not None:
-        return row, False
-    row = _new_row(request, now)
-    session.add(row)
-    return row, True
-
-
 # Built once, bound at each execution: every send runs them.
 _ID_BY_KEY = select(DeliveryRow.id).where(DeliveryRow.idempotency_key == bindparam("key"))
 DELIVERIES = cast(Table, DeliveryRow.__table__)
-# Only the attributes set are inserted: the table's defaults fill the others.
 _INSERT = insert(DELIVERIES)
 _COLUMNS = [column.key for column in DELIVERIES.columns]
+
+
+def _find(session: Session, request: SendMessageInput) -> DeliveryRow | None:
+    """The row an earlier attempt wrote for this message, if any. The key is looked up on the
+    session's connection, past the ORM's execution layer, which costs more than the read
+    itself: most messages are asked for once, and have none."""
+    found = session.connection().execute(_ID_BY_KEY, {"key": request.idempotency_key}).scalar()
+    return None if found is None else session.get_one(DeliveryRow, found)
+
+
+def _insert(session: Session, row: DeliveryRow) -> None:
+    """Write a new row, kept out of the session, by one INSERT: no unit of work to flush.
+    Only the attributes set are inserted: the table's defaults fill the others."""
+    set_ = inspect(row).dict
+    session.connection().execute(_INSERT, [{c: set_[c] for c in _COLUMNS if c in set_}])
 
 
 def _new_row(request: SendMessageInput, now: datetime | None) -> DeliveryRow:
@@ -173,27 +175,21 @@ def claim_and_admit(
     try:
         with write_session(engine) as session:
             _lock_profile(session, request.profile_id)
-            # Core statements run on the session's connection: the ORM's execution layer
-            # costs more than these reads and writes themselves.
-            connection = session.connection()
-            found_id = connection.execute(_ID_BY_KEY, {"key": request.idempotency_key}).scalar()
-            if found_id is None:
-                # A new row is written once, with its outcome, by one INSERT: kept out of the
-                # session, it costs no unit of work to flush (the cap leaves it out anyway).
-                row = _new_row(request, now)
-            else:
-                row = session.get_one(DeliveryRow, found_id)
-                earlier = _claim_of(row)
-                if earlier.settled is not None or earlier.unknown:
-                    return earlier
+            earlier = _find(session, request)
+            if earlier is not None:
+                found = _claim_of(earlier)
+                if found.settled is not None or found.unknown:
+                    return found
+            # A new row is written once, with its outcome, after the checks (the cap leaves
+            # it out in any case).
+            row = earlier or _new_row(request, now)
             if isinstance(admission, Refusal):
                 row.status, row.reason = admission.status, admission.reason
                 result: DeliveryResult | None = _result(row)
             else:
                 result = _admit_row(session, row, admission, policy, outbox)
-            if found_id is None:
-                set_ = inspect(row).dict
-                connection.execute(_INSERT, [{c: set_[c] for c in _COLUMNS if c in set_}])
+            if earlier is None:
+                _insert(session, row)
             return Decided(row.id, _with_finish(session, result, request.finish))
     except IntegrityError:
         # A concurrent attempt inserted the same key first (PostgreSQL; SQLite's write lock
@@ -225,13 +221,15 @@ def admit(
     hours (`queued` with `not_before`).
 
     One transaction per profile at a time, so two messages sent to one profile at once cannot
-    both slip under its frequency cap.
+    both slip under its frequency cap. A message settled here records the entry's finish it
+    carries, as in `claim_and_admit`.
     """
     with write_session(engine) as session:
         _lock_profile(session, admission.request.profile_id)
         row = session.get(DeliveryRow, delivery_id)
         assert row is not None
-        return _admit_row(session, row, admission, policy, outbox)
+        result = _admit_row(session, row, admission, policy, outbox)
+        return _with_finish(session, result, admission.request.finish)
 
 
 def _lock_profile(session: Session, profile_id: str) -> None:
