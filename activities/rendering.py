@@ -151,16 +151,11 @@ def message_context(
     journey_id: str | None = None,
     version: int | None = None,
     node_id: str | None = None,
-    *,
-    renderer: MessageRenderer | None = None,
 ) -> dict[str, Any]:
-    """A message's context: the template context and the profile's unsubscribe link. A
-    caller rendering many messages passes the template's `renderer`, which knows whether it
-    links to the unsubscribe page without hashing the template again per message."""
+    """A message's context: the template context and the profile's unsubscribe link."""
     context = template_context(profile, event, journey_id, version, node_id)
     # Signing a link costs more than rendering a short message: only for templates using it.
-    uses = renderer.uses_unsubscribe_url if renderer else _uses_unsubscribe_url(template)
-    if uses:
+    if _uses_unsubscribe_url(template):
         profile_id = profile["id"] if isinstance(profile, dict) else profile.id
         context["unsubscribe_url"] = unsubscribe_url(settings, profile_id, template.channel)
     return context
