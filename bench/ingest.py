@@ -61,8 +61,7 @@ from activities.apply import apply_paths  # noqa: E402
 from activities.db import EventRow, close_engine, engine_for  # noqa: E402
 from activities.profiles import profile_update, upsert_profiles  # noqa: E402
 from activities.segments import rebuild  # noqa: E402
-from bench.journeys import _cpu_seconds  # noqa: E402
-from bench.report import command, machine, spread, verdict, write_docs  # noqa: E402
+from bench.report import command, cpu_seconds, machine, spread, verdict, write_docs  # noqa: E402
 
 T = TypeVar("T")
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -281,7 +280,7 @@ def main() -> None:
                 )
                 for layout in LAYOUTS if round_ % 2 == 0 else LAYOUTS[::-1]:
                     tag = f"api{round_}-{layout}-{uuid.uuid4().hex[:6]}"
-                    cpu_before = {name: _cpu_seconds(api.pid) or 0.0 for name, api in apis.items()}
+                    cpu_before = {name: cpu_seconds(api.pid) or 0.0 for name, api in apis.items()}
                     started = time.perf_counter()
                     rate, latencies = over_http(
                         ingesting,
@@ -294,7 +293,7 @@ def main() -> None:
                     # Cores each API process used meanwhile: the read-serving one's share is
                     # what the reads cost, the rest is what they leave ingestion.
                     cores = {
-                        name: ((_cpu_seconds(api.pid) or 0.0) - cpu_before[name]) / elapsed
+                        name: ((cpu_seconds(api.pid) or 0.0) - cpu_before[name]) / elapsed
                         for name, api in apis.items()
                     }
                     cuts = statistics.quantiles(latencies, n=100)

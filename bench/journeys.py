@@ -63,7 +63,16 @@ ROOT = Path(__file__).resolve().parent.parent
 # the `bench` package (see bench/__init__.py for why it does not live in this file).
 sys.path.insert(0, str(ROOT))
 from bench import BASELINE_QUEUE, BaselineWorkflow, touch  # noqa: E402
-from bench.report import DASH, command, machine, spread, verdict, write_docs  # noqa: E402
+from bench.report import (  # noqa: E402
+    DASH,
+    command,
+    cpu_seconds,
+    machine,
+    spread,
+    stat_fields,
+    verdict,
+    write_docs,
+)
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Journeys"
@@ -129,7 +138,7 @@ class CpuClock:
         self.server_pid = _child_pid()
 
     def read(self) -> tuple[float, float | None]:
-        return time.process_time(), _cpu_seconds(self.server_pid) if self.server_pid else None
+        return time.process_time(), cpu_seconds(self.server_pid) if self.server_pid else None
 
 
 def _child_pid() -> int | None:
@@ -140,22 +149,9 @@ def _child_pid() -> int | None:
         except OSError:
             continue  # exited while we looked
         name = text[text.index("(") + 1 : text.rindex(")")]
-        if name == "temporal" and int(_stat_fields(text)[1]) == os.getpid():
+        if name == "temporal" and int(stat_fields(text)[1]) == os.getpid():
             return int(stat.parent.name)
     return None
-
-
-def _stat_fields(text: str) -> list[str]:
-    # The command name may contain spaces; everything after its closing parenthesis is fixed.
-    return text[text.rindex(")") + 2 :].split()
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    try:
-        fields = _stat_fields(Path(f"/proc/{pid}/stat").read_text())
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 @dataclass(frozen=True)

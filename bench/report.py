@@ -40,6 +40,21 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
 
+def stat_fields(text: str) -> list[str]:
+    """The fields of a `/proc/PID/stat` line after the command name, which may hold spaces:
+    everything after its closing parenthesis is fixed."""
+    return text[text.rindex(")") + 2 :].split()
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU seconds a process has used (user + system), or None once it is gone."""
+    try:
+        fields = stat_fields(Path(f"/proc/{pid}/stat").read_text())
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def machine() -> str:
     cpus = len(os.sched_getaffinity(0))  # what `nproc` prints
     cpuinfo = Path("/proc/cpuinfo").read_text()
