@@ -7,6 +7,7 @@ A run sends each member of its snapshot at most once: every recipient is a ledge
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,7 @@ from activities.channels import configured_senders
 from activities.channels.base import DELIVERY_TAG, Outgoing, ProviderError, Sender
 from activities.channels.email import MAX_PERSONALIZATIONS, SendGridEmail
 from activities.channels.sms import TwilioSms
+from activities.child_processes import ChildProcesses, process_count
 from activities.db import (
     CampaignAudienceRow,
     CampaignRow,
@@ -86,6 +88,12 @@ class CampaignActivities(BoundActivities):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self.senders: dict[str, Sender] = configured_senders(settings)
+        processes = process_count(settings.page_processes)
+        self.page_processes = (
+            ChildProcesses(processes, _start_page_process, (settings,), _send_page_in_process)
+            if processes
+            else None
+        )
 
     @activity.defn(name="start_campaign_run")
     async def start_campaign_run(self, request: StartRun) -> RunPlan:
@@ -94,7 +102,11 @@ class CampaignActivities(BoundActivities):
     @activity.defn(name="send_campaign_page")
     async def send_campaign_page(self, page: CampaignPage) -> PageResult:
         # Heartbeats let Temporal notice a dead worker within seconds, not at the page timeout.
-        work = asyncio.ensure_future(asyncio.to_thread(self._send_page, page))
+        work = asyncio.ensure_future(
+            self.page_processes.run(page)
+            if self.page_processes
+            else asyncio.to_thread(self._send_page, page)
+        )
         while True:
             done, _ = await asyncio.wait({work}, timeout=HEARTBEAT_EVERY)
             if done:
@@ -124,6 +136,26 @@ class CampaignActivities(BoundActivities):
         return PageSender(
             self.engine, self.settings.delivery, self.senders, self.settings, page
         ).run()
+
+    def close(self) -> None:
+        if self.page_processes is not None:
+            self.page_processes.close()
+
+
+# In a page process: the activities it sends pages with, made once by `_start_page_process`.
+_IN_PROCESS: CampaignActivities | None = None
+
+
+def _start_page_process(settings: Settings) -> None:
+    global _IN_PROCESS
+    _IN_PROCESS = CampaignActivities(settings.model_copy(update={"page_processes": 0}))
+    # What the process holds from now on lives as long as it does (see plugin.frozen_heap).
+    gc.freeze()
+
+
+def _send_page_in_process(page: CampaignPage) -> PageResult:
+    assert _IN_PROCESS is not None, "not a page process"
+    return _IN_PROCESS._send_page(page)
 
 
 def start_run(engine: Engine, request: StartRun) -> RunPlan:

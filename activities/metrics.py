@@ -69,13 +69,51 @@ def journey_started(journey_id: str) -> None:
     JOURNEYS_STARTED.labels(journey_id).inc()
 
 
+# What a child process counts for its worker (activities/child_processes.py): kept here as
+# (metric, labels, amount) and replayed by the worker, whose registry is the one scraped.
+Counted = tuple[str, tuple[str, ...], float]
+_DEFERRED: list[Counted] | None = None
+_BY_NAME: dict[str, Counter | Histogram] = {"deliveries": DELIVERIES, "provider": PROVIDER_SECONDS}
+
+
+def _count(name: str, labels: tuple[str, ...], amount: float) -> None:
+    if _DEFERRED is not None:
+        _DEFERRED.append((name, labels, amount))
+        return
+    metric = _BY_NAME[name].labels(*labels)
+    if isinstance(metric, Histogram):
+        metric.observe(amount)
+    else:
+        metric.inc(amount)
+
+
+def defer() -> None:
+    """From now on, keep this process's counts for `take_deferred` instead of counting them."""
+    global _DEFERRED
+    _DEFERRED = []
+
+
+def take_deferred() -> list[Counted]:
+    """The counts kept since the last call (none unless `defer` was called)."""
+    if _DEFERRED is None:
+        return []
+    taken = _DEFERRED[:]
+    _DEFERRED.clear()
+    return taken
+
+
+def replay(counts: Iterable[Counted]) -> None:
+    for name, labels, amount in counts:
+        _count(name, labels, amount)
+
+
 def deliveries_settled(channel: str, statuses: Iterable[str]) -> None:
     """Count the settled ones among these statuses, written to the ledger just before. A
     message held by quiet hours (`queued`) counts once it is sent, not each time it waits."""
     # Counted per status, not per row: a campaign page settles a thousand at once.
     for status, count in Tally(statuses).items():
         if status in FINAL:
-            DELIVERIES.labels(channel, status).inc(count)
+            _count("deliveries", (channel, status), count)
 
 
 @contextmanager
@@ -100,8 +138,8 @@ def provider_request(operation: str) -> Callable[[F], F]:
                 outcome = "ok"
                 return result
             finally:
-                PROVIDER_SECONDS.labels(self.provider, operation, outcome).observe(
-                    time.perf_counter() - started
+                _count(
+                    "provider", (self.provider, operation, outcome), time.perf_counter() - started
                 )
 
         return timed  # type: ignore[return-value]

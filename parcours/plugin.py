@@ -9,6 +9,7 @@ activity twice.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -81,8 +82,18 @@ class ParcoursPlugin(SimplePlugin):
                 campaigns.running_campaign_run,
                 waiting.route_waiting_events,
             ],
-            run_context=frozen_heap,
+            run_context=lambda: running(campaigns),
         )
+
+
+@asynccontextmanager
+async def running(campaigns: CampaignActivities) -> AsyncIterator[None]:
+    """While a worker runs: its heap frozen, and its page processes stopped when it stops."""
+    async with frozen_heap():
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(campaigns.close)
 
 
 @asynccontextmanager

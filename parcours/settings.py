@@ -75,6 +75,9 @@ class Settings(BaseModel):
     # None: each command's own default (JSON for `parcours worker` and `parcours api`).
     log_format: Literal["json", "text"] | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Processes a worker sends campaign pages from (activities/child_processes.py); None: one
+    # per core on Linux, 0: pages run in the worker's own threads.
+    page_processes: int | None = Field(default=None, ge=0)
 
     @field_validator("worker_metrics_address", "temporal_metrics_address")
     @classmethod
@@ -110,6 +113,7 @@ class Settings(BaseModel):
             "api_url": ("api", "url"),
             "worker_metrics_address": ("worker", "metrics_address"),
             "temporal_metrics_address": ("worker", "temporal_metrics_address"),
+            "page_processes": ("worker", "page_processes"),
             "database_url": ("database", "url"),
         }
         for name, (section, key) in sections.items():
@@ -137,6 +141,7 @@ class Settings(BaseModel):
             "temporal_metrics_address": "PARCOURS_TEMPORAL_METRICS_ADDRESS",
             "log_format": "PARCOURS_LOG_FORMAT",
             "log_level": "PARCOURS_LOG_LEVEL",
+            "page_processes": "PARCOURS_PAGE_PROCESSES",
         }
         for name, variable in variables.items():
             if env.get(variable):

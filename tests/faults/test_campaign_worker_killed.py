@@ -16,7 +16,7 @@ from activities.campaigns import run_reports
 from activities.db import DeliveryRow, engine_for
 from tests.conftest import EXAMPLES
 from tests.fakes.sendgrid import FakeSendGrid
-from tests.stack import DevStack, alive, wait_until
+from tests.stack import DevStack, alive, descendants, wait_until
 from tests.test_campaigns import BOUNCED, OPTED_OUT, audience
 
 pytestmark = pytest.mark.devserver
@@ -43,8 +43,11 @@ def test_a_run_survives_a_killed_worker_and_sends_each_recipient_exactly_once(
         stack.cli("campaigns", "run", "weekly-digest", "--no-wait")
         wait_until(lambda: len(fake_sendgrid.requests) >= 8_000, 120, "the run to be under way")
         first_worker = stack.pid("worker")
+        # Its page processes (and the fork server they came from) must not send on without it.
+        under_worker = descendants(first_worker)
         stack.kill9("worker")
         wait_until(lambda: not alive(first_worker), 10, "the worker to die")
+        wait_until(lambda: not any(map(alive, under_worker)), 10, "the worker's processes to die")
         received_at_kill = len(fake_sendgrid.requests)
         wait_until(
             lambda: stack.pid("worker") != first_worker and alive(stack.pid("worker")),
@@ -71,12 +74,14 @@ def test_a_run_survives_a_killed_worker_and_sends_each_recipient_exactly_once(
         )
     fault_summary(
         f"{RECIPIENTS:,} recipients, {len(reachable):,} reachable, "
+        f"{len(under_worker)} processes under the killed worker, all gone, "
         f"{received_at_kill:,} received at the kill, {sum(received.values()):,} received in all "
         f"by {len(received):,} distinct recipients, duplicates "
         f"{sum(n - 1 for n in received.values())}, report "
         f"{ {k: report[k] for k in ('sent', 'suppressed', 'failed')} }"
     )
     assert received_at_kill < len(reachable), "the kill happened mid-run"
+    assert under_worker, "the killed worker sent its pages from processes of its own"
     assert received == Counter(reachable), "each reachable recipient exactly once"
     assert report["sent"] == len(reachable) and report["failed"] == {}
     assert sent_without_id == 0
