@@ -15,10 +15,22 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, func, insert, literal, select, update
+from sqlalchemy import (
+    String,
+    Table,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import ColumnElement
 from temporalio import activity
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
@@ -38,6 +50,7 @@ from activities.db import (
     CampaignRunRow,
     DeliveryRow,
     ProfileRow,
+    UTCDateTime,
     insert_many,
     ordered_ids,
     utcnow,
@@ -76,6 +89,18 @@ PROFILE_COLUMNS = tuple(
         "updated_at",
     )
 )
+# SQLite keeps times as text: read as such, `profile_json` writes them out without parsing.
+_SQLITE_PROFILE_COLUMNS = tuple(
+    type_coerce(c, String).label(c.name) if isinstance(c.type, UTCDateTime) else c
+    for c in PROFILE_COLUMNS
+)
+
+
+def profile_columns(dialect: str) -> tuple[ColumnElement[Any], ...]:
+    """The profile columns a page reads, in `_Profile`'s order, for `profile_json`."""
+    return _SQLITE_PROFILE_COLUMNS if dialect == "sqlite" else PROFILE_COLUMNS
+
+
 # Bodies longer than SendGrid's substitution limit go out one request each.
 MAX_SUBSTITUTED_BYTES = 9_000
 # Non-email channels send one request per recipient, this many at a time.
@@ -215,8 +240,9 @@ class _Profile:
     attributes: dict[str, Any] | None
     consent: dict[str, Any] | None
     device_tokens: list[str] | None
-    created_at: datetime | None
-    updated_at: datetime | None
+    # SQLite's text for them (`profile_columns`), datetimes elsewhere.
+    created_at: datetime | str | None
+    updated_at: datetime | str | None
 
 
 @dataclass(slots=True)
@@ -310,7 +336,9 @@ class PageSender:
         """The page's members in snapshot order, each with its profile's columns (all None
         when the profile was erased since)."""
         query = (
-            select(AUDIENCE.c.seq, AUDIENCE.c.profile_id, *PROFILE_COLUMNS)
+            select(
+                AUDIENCE.c.seq, AUDIENCE.c.profile_id, *profile_columns(self.engine.dialect.name)
+            )
             .select_from(AUDIENCE.outerjoin(PROFILES, PROFILES.c.id == AUDIENCE.c.profile_id))
             .where(AUDIENCE.c.run_id == self.page.run_id, AUDIENCE.c.seq >= self.page.from_seq)
             .order_by(AUDIENCE.c.seq)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import resource
 import statistics
 import subprocess
@@ -40,6 +41,7 @@ from activities.apply import apply_paths
 from activities.catalog import known_segments
 from activities.channels.base import Outgoing
 from activities.channels.email import MAX_PERSONALIZATIONS, SendGridEmail
+from activities.child_processes import process_count
 from activities.db import ProfileRow, close_engine, engine_for
 from activities.profiles import profile_update, upsert_profiles
 from activities.rule_sql import members_query
@@ -51,7 +53,16 @@ from starter.campaigns import start_run
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.journeys import start_server  # noqa: E402
-from bench.report import DASH, command, machine, spread, verdict, write_docs  # noqa: E402
+from bench.report import (  # noqa: E402
+    DASH,
+    command,
+    cpu_seconds,
+    machine,
+    spread,
+    verdict,
+    write_docs,
+)
+from tests.stack import descendants  # noqa: E402
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Campaigns"
@@ -83,11 +94,40 @@ COUNTED = {
 }
 
 
+# Where the CPU goes, by the processes that do the work.
+KINDS = ("this process", "page processes", "fake SendGrid", "dev server")
+
+
+def cpu_by_kind(fake_pid: int) -> dict[str, float]:
+    """CPU seconds used so far by this process and by each kind of process under it."""
+    used = dict.fromkeys(KINDS, 0.0)
+    used["this process"] = time.process_time()
+    for pid in descendants(os.getpid()):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if pid == fake_pid:
+            kind = "fake SendGrid"
+        elif b"multiprocessing.forkserver" in cmdline:
+            kind = "page processes"  # and the idle fork server they come from
+        elif b"temporal" in cmdline:
+            kind = "dev server"
+        else:
+            continue
+        used[kind] += cpu_seconds(pid) or 0.0
+    return used
+
+
 @dataclass
 class Results:
     recipients: int
     baseline: list[float] = field(default_factory=list)  # recipients/s
     campaign: list[float] = field(default_factory=list)
+    # CPU ms per 1,000 recipients by kind of process, one dict per round.
+    baseline_cpu: list[dict[str, float]] = field(default_factory=list)
+    campaign_cpu: list[dict[str, float]] = field(default_factory=list)
+    page_processes: int = 0
     actions_per_1000: float = 0.0
     pages: int = 0
     load_seconds: float = 0.0
@@ -116,10 +156,19 @@ def load(settings: Settings, recipients: int, directory: Path) -> float:
 
 
 @contextmanager
-def fake_sendgrid() -> Iterator[tuple[str, str]]:
+def measured(into: list[dict[str, float]], fake_pid: int, recipients: int) -> Iterator[None]:
+    """Record the CPU each kind of process used in the block, in ms per 1,000 recipients."""
+    before = cpu_by_kind(fake_pid)
+    yield
+    after = cpu_by_kind(fake_pid)
+    into.append({k: (after[k] - before[k]) * 1000 / (recipients / 1000) for k in KINDS})
+
+
+@contextmanager
+def fake_sendgrid() -> Iterator[tuple[str, str, int]]:
     """The fake SendGrid in a process of its own, for both sides alike: parsing and recording
     400,000 mails would otherwise take the GIL (and the garbage collector's time) of the very
-    process being measured. Yields its URL and API key."""
+    process being measured. Yields its URL, API key and pid."""
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.fakes.sendgrid"],
         cwd=ROOT,
@@ -130,7 +179,7 @@ def fake_sendgrid() -> Iterator[tuple[str, str]]:
     assert process.stdin is not None and process.stdout is not None
     try:
         url, api_key = process.stdout.readline().split()
-        yield url, api_key
+        yield url, api_key, process.pid
     finally:
         process.stdin.close()
         process.wait(timeout=30)
@@ -189,12 +238,13 @@ async def count_actions(client: Client, workflow_id: str) -> tuple[int, int]:
 async def run(rounds: int, recipients: int) -> Results:
     began = time.perf_counter()
     results = Results(recipients)
-    with tempfile.TemporaryDirectory() as tmp, fake_sendgrid() as (url, api_key):
+    with tempfile.TemporaryDirectory() as tmp, fake_sendgrid() as (url, api_key, fake_pid):
         directory = Path(tmp)
         settings = Settings.load(
             directory / "data", env={"SENDGRID_API_KEY": api_key, "PARCOURS_SENDGRID_URL": url}
         )
         results.load_seconds = load(settings, recipients, directory)
+        results.page_processes = process_count(settings.page_processes)
         sendgrid = SendGridEmail(api_key, settings.email_from, base_url=url)
         env, _ = await start_server()
         try:
@@ -205,11 +255,13 @@ async def run(rounds: int, recipients: int) -> Results:
                 await campaign_round(client, settings)  # warm-up, uncounted
                 last = ""
                 for _ in range(rounds):
-                    t = time.perf_counter()
-                    sent = await asyncio.to_thread(bare_loop, settings, sendgrid)
-                    results.baseline.append(sent / (time.perf_counter() - t))
+                    with measured(results.baseline_cpu, fake_pid, recipients):
+                        t = time.perf_counter()
+                        sent = await asyncio.to_thread(bare_loop, settings, sendgrid)
+                        results.baseline.append(sent / (time.perf_counter() - t))
                     await asyncio.sleep(1)  # run ids have a one-second resolution
-                    seconds, last, sent = await campaign_round(client, settings)
+                    with measured(results.campaign_cpu, fake_pid, recipients):
+                        seconds, last, sent = await campaign_round(client, settings)
                     results.campaign.append(sent / seconds)
                     print(
                         f"baseline {results.baseline[-1]:,.0f}/s, campaign {results.campaign[-1]:,.0f}/s"
@@ -234,7 +286,7 @@ Measured by `bench/campaigns.py` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC (the 
 
 - Command: `{command()}` (`make bench` runs it too)
 - Machine: {machine()}
-- Setup: {results.recipients:,} profiles in a newsletter segment (loaded in {results.load_seconds:.0f} s), SQLite store in a temp dir; the Temporal dev server in memory; the fake SendGrid of `tests/fakes` on 127.0.0.1 in a process of its own (it parses and records every personalization; both sides post to it alike); the worker and the baseline share one Python process. Rounds alternate after an uncounted warm-up run.
+- Setup: {results.recipients:,} profiles in a newsletter segment (loaded in {results.load_seconds:.0f} s), SQLite store in a temp dir; the Temporal dev server in memory; the fake SendGrid of `tests/fakes` on 127.0.0.1 in a process of its own (it parses and records every personalization; both sides post to it alike); the worker and the baseline share one Python process, and the worker sends pages from processes of its own. Rounds alternate after an uncounted warm-up run.
 
 | figure | goal | median | spread (min{DASH}max) | |
 |---|---|---|---|---|
@@ -244,8 +296,33 @@ Measured by `bench/campaigns.py` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC (the 
 | Temporal actions per 1,000 recipients | ≤ {ACTIONS_GOAL:.0f} | {results.actions_per_1000:.2f} | — | {verdict(results.actions_per_1000 <= ACTIONS_GOAL)} |
 | peak RSS of the process (worker, baseline) | — | {results.peak_rss_mib:.0f} MiB | — | |
 
+{cpu_table(results)}
+
 Actions are counted in the last run's histories (every run of its continue-as-new chain): workflow starts, signals, timers, scheduled activities and search-attribute upserts; it sent {results.pages} pages of up to 1,000. What a campaign does beyond the bare loop, per recipient: a ledger row claimed before the send and settled after it (exactly-once), consent, suppression and frequency-cap checks, and a Jinja render in the sandbox.
 """
+
+
+def cpu_table(results: Results) -> str:
+    cores = len(os.sched_getaffinity(0))
+
+    def row(name: str, rounds: list[dict[str, float]]) -> tuple[str, float]:
+        medians = [statistics.median(r[k] for r in rounds) for k in KINDS]
+        total = statistics.median(sum(r.values()) for r in rounds)
+        cells = " | ".join(f"{m:.1f}" for m in medians)
+        return f"| {name} | {cells} | {total:.1f} |", total
+
+    bare, bare_total = row("bare loop", results.baseline_cpu)
+    camp, camp_total = row("campaign", results.campaign_cpu)
+    return f"""### Where the CPU goes
+
+CPU used in each round by the processes that do the work, per 1,000 recipients (median over rounds). This process is the worker (the Temporal SDK, the campaign workflow, page activities waiting for their processes) and, in its own rounds, the bare loop; the campaign's pages run in {results.page_processes} page processes (`PARCOURS_PAGE_PROCESSES`, one per core by default).
+
+| CPU ms per 1,000 recipients | {" | ".join(KINDS)} | all |
+|---|---|---|---|---|---|
+{bare}
+{camp}
+
+With all {cores} cores busy and nothing else running, that CPU would allow {cores * 1e6 / camp_total:,.0f} campaign recipients/s at most, {camp_total / bare_total:.1f} times the bare loop's CPU per recipient. The bare loop waits for each request before it sends the next, so it keeps about one core busy; a campaign keeps pages in flight on every core."""
 
 
 def main() -> None:

@@ -2,17 +2,18 @@
 
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
-from sqlalchemy import Connection, create_engine, inspect, select, text
+from sqlalchemy import Connection, create_engine, inspect, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
 from activities import catalog, db, ledger, rendering
-from activities.campaigns import PROFILE_COLUMNS
-from activities.db import engine_for, utcnow
+from activities.campaigns import profile_columns
+from activities.db import ProfileRow, engine_for, utcnow
 from activities.events import get_event, record_event
 from activities.profiles import get_profile, set_profile
 from activities.rendering import RenderError, message_context, profile_json, render
@@ -191,11 +192,23 @@ def test_a_campaign_page_gives_templates_the_profile_as_pydantic_dumps_it(
         consent={"email": False},
         add_device_tokens=["t1"],
     )
-    profile = get_profile(engine, "ada")
-    assert profile is not None
+    set_profile(engine, "bob")
+    with engine.begin() as connection:
+        # A time with no fraction of a second is written without one.
+        connection.execute(
+            update(ProfileRow)
+            .where(ProfileRow.id == "bob")
+            .values(created_at=datetime(2026, 3, 29, 1, 0, tzinfo=UTC))
+        )
     with engine.connect() as connection:
-        [row] = connection.execute(select(*PROFILE_COLUMNS))
-    assert profile_json(row) == profile.model_dump(mode="json")
+        rows = connection.execute(
+            select(*profile_columns(engine.dialect.name)).order_by(ProfileRow.id)
+        ).all()
+    profiles = [get_profile(engine, "ada"), get_profile(engine, "bob")]
+    assert [profile_json(row) for row in rows] == [
+        p.model_dump(mode="json") for p in profiles if p is not None
+    ]
+    assert profile_json(rows[1])["created_at"] == "2026-03-29T01:00:00Z"
 
 
 def test_a_campaign_page_renders_what_a_message_context_renders(tmp_path: Path) -> None:
