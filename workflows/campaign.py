@@ -33,8 +33,13 @@ PAGE_SIZE = 1000
 # Pages sent at once: one page renders and writes its ledger rows while another waits for the
 # provider's answer. Runs started before this existed send one page at a time (their history
 # has no marker for the patch).
-PAGES_IN_FLIGHT = 3
 CONCURRENT_PAGES = "concurrent-pages"
+# A worker's page processes (one per core) each start their next page as soon as they finish
+# one only if a page is already waiting: with as many pages in flight as processes, each page
+# would wait out the round trip through Temporal that schedules the next. Runs started before
+# this send three at a time.
+PAGES_IN_FLIGHT = 4
+FOUR_PAGES_IN_FLIGHT = "four-pages-in-flight"
 # Provider outages are waited out, page by page, rather than failing the run.
 PAGE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=5)
@@ -153,7 +158,8 @@ class CampaignWorkflow:
                     progress.held[from_seq] = result.held_until
                 self._count(result)
 
-        await asyncio.gather(*(lane() for _ in range(PAGES_IN_FLIGHT)))
+        lanes = PAGES_IN_FLIGHT if workflow.patched(FOUR_PAGES_IN_FLIGHT) else 3
+        await asyncio.gather(*(lane() for _ in range(lanes)))
         progress.next_seq = min(progress.next_seq, progress.audience + 1)
         return not ended and not self._cancelled and progress.next_seq <= progress.audience
 
