@@ -309,15 +309,15 @@ class DeliveryRow(Base):
     __tablename__ = "deliveries"
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     idempotency_key: Mapped[str] = mapped_column(String(512), unique=True)
-    profile_id: Mapped[str] = mapped_column(String(255), index=True)
+    profile_id: Mapped[str] = mapped_column(String(255))
     channel: Mapped[str] = mapped_column(String(16))
     template: Mapped[str] = mapped_column(String(128))
     status: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(Text)
-    journey_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    journey_id: Mapped[str | None] = mapped_column(String(128))
     journey_version: Mapped[int | None]
     node_id: Mapped[str | None] = mapped_column(String(128))
-    campaign_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    campaign_id: Mapped[str | None] = mapped_column(String(128))
     workflow_id: Mapped[str | None] = mapped_column(String(512))
     run_id: Mapped[str | None] = mapped_column(String(64))
     provider: Mapped[str | None] = mapped_column(String(32))
@@ -334,6 +334,7 @@ class DeliveryRow(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     __table_args__ = (
+        # Every lookup by profile: frequency caps, erasure, `GET /v1/deliveries`.
         Index("ix_deliveries_profile_channel_sent", "profile_id", "channel", "sent_at"),
         # A campaign run's report groups its deliveries.
         Index("ix_deliveries_workflow", "workflow_id"),
