@@ -240,9 +240,11 @@ async def run(rounds: int, recipients: int) -> Results:
     results = Results(recipients)
     with tempfile.TemporaryDirectory() as tmp, fake_sendgrid() as (url, api_key, fake_pid):
         directory = Path(tmp)
-        settings = Settings.load(
-            directory / "data", env={"SENDGRID_API_KEY": api_key, "PARCOURS_SENDGRID_URL": url}
-        )
+        # The page processes setting is the one a worker would read from the environment.
+        env = {"SENDGRID_API_KEY": api_key, "PARCOURS_SENDGRID_URL": url}
+        if os.environ.get("PARCOURS_PAGE_PROCESSES"):
+            env["PARCOURS_PAGE_PROCESSES"] = os.environ["PARCOURS_PAGE_PROCESSES"]
+        settings = Settings.load(directory / "data", env=env)
         results.load_seconds = load(settings, recipients, directory)
         results.page_processes = process_count(settings.page_processes)
         sendgrid = SendGridEmail(api_key, settings.email_from, base_url=url)
