@@ -100,7 +100,8 @@ class ChildProcesses(Generic[A, T]):
                 pool, _call, self.work, item
             )
         except BrokenProcessPool as exc:
-            # A child died (killed, out of memory): the next attempt gets a fresh pool.
+            # A child died (killed, out of memory), failing all work in flight in the pool:
+            # each piece is retried by Temporal, in a fresh pool.
             if self._pool is pool:
                 self._pool = None
             pool.shutdown(wait=False, cancel_futures=True)
@@ -113,12 +114,6 @@ class ChildProcesses(Generic[A, T]):
         if outcome.failure is not None:
             raise outcome.failure.error()
         return outcome.value  # type: ignore[return-value]  # None only with a failure
-
-    def pids(self) -> list[int]:
-        """The children running now (for tests and operators' tools)."""
-        # The executor keeps its processes by pid, under a private name only.
-        processes = getattr(self._pool, "_processes", None) or {}
-        return list(processes)
 
     def close(self) -> None:
         """Let the children finish their work and leave; a later `run` starts new ones."""
