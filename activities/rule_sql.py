@@ -33,7 +33,7 @@ from sqlalchemy import (
     select,
     true,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSONB, JSONPATH
 from sqlalchemy.sql.elements import ColumnElement
 
 from activities.db import EventRow, ProfileRow
@@ -147,11 +147,16 @@ class _PostgresField:
     the type test. String order is by bytes, as in Python, whatever the database's collation.
     Numbers and booleans are compared as jsonb: equal only to a value of their own type,
     numbers as exact numerics (as Python compares ints and floats, and cheaper than any cast),
-    and types sorted apart (strings < numbers < booleans < containers), so a number range
-    with two ends needs no type test either.
+    and types sorted apart (strings < numbers < booleans < containers). A number range is a
+    strict-mode jsonpath filter instead, `column @? 'strict $."key" ? (@ >= low && @ <= high)'`:
+    one read of the key for both ends, where `->` BETWEEN reads and copies it twice and
+    compares jsonb twice (measured about a fifth less per row on a million profiles). In a
+    jsonpath a number compares only with a number (anything else is "unknown", so false), and
+    strict mode does not look inside arrays; a missing key is NULL, as with `->`.
     """
 
     def __init__(self, column: Any, key: str) -> None:
+        self._column, self._key = column, key
         name = literal(key, String)
         self.value = column.op("->", return_type=JSONB)(name)
         self.type = func.jsonb_typeof(self.value)
@@ -166,6 +171,14 @@ class _PostgresField:
     def text(self) -> Any:
         return self._text
 
+    def _path_filter(self, test: str) -> Condition:
+        """Does the key hold a value passing this jsonpath filter? The path is a bound value
+        (of type jsonpath): the key is letters, digits, `_` and `-` (the rule models check
+        it), quoted; the test holds only numbers written by `json.dumps`."""
+        path = f'strict $."{self._key}" ? ({test})'
+        found: Condition = self._column.op("@?", is_comparison=True)(literal(path, JSONPATH))
+        return found
+
     def compare(self, op: str, value: Any, family: str) -> Condition:
         if family == "boolean":
             accepted = _booleans(op, value) if op in ("eq", "ne", "in", "not_in") else []
@@ -176,10 +189,10 @@ class _PostgresField:
             return found
         condition: Condition
         if family == "number":
-            jsons = [literal(v, JSONB) for v in (value if isinstance(value, list) else [value])]
             if op == "between":
-                # Strings and null sort below every number, booleans and containers above.
-                return self.value.between(*jsons)  # type: ignore[no-any-return]
+                low, high = (json.dumps(v) for v in value)
+                return self._path_filter(f"@ >= {low} && @ <= {high}")
+            jsons = [literal(v, JSONB) for v in (value if isinstance(value, list) else [value])]
             if op in ("eq", "in", "ne", "not_in"):
                 condition = self.value == jsons[0] if len(jsons) == 1 else self.value.in_(jsons)
                 return condition if op in ("eq", "in") else and_(self.of(family), not_(condition))
@@ -293,7 +306,7 @@ class RuleCompiler:
         if isinstance(rule, AttributeRule | PropertyRule):
             # In SQLite a range of numbers is one read too (other types sort outside it; a
             # test is added only when it holds 0 or 1, which booleans read as): kept in the
-            # order written. PostgreSQL measured faster with its jsonb range tested last.
+            # order written. PostgreSQL measured faster with its number range tested last.
             if (
                 self.dialect == "sqlite"
                 and rule.op == "between"

@@ -208,6 +208,22 @@ def test_sqlite_reads_keys_by_constant_path_in_the_order_written(engine: Engine)
     assert age < country and parameters == (25, 40, "FR", "it's")
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_postgresql_reads_a_number_range_once_by_a_bound_strict_jsonpath(engine: Engine) -> None:
+    """`->` BETWEEN would read and copy the key twice and compare jsonb twice: the range is
+    one strict-mode jsonpath filter, bound as a parameter like every value of the rule."""
+    rule = Segment.model_validate(
+        {"id": "s", "rule": {"attribute": "age", "op": "between", "value": [25, 40.5]}}
+    ).rule
+    sent: list[tuple[str, object]] = []
+    event.listen(engine, "before_cursor_execute", lambda *a: sent.append((a[2], a[3])))
+    with engine.connect() as connection:
+        connection.execute(members_query("postgresql", rule, datetime.now(UTC), {})).all()
+    [(statement, parameters)] = sent
+    assert "@?" in statement and "->" not in statement and "age" not in statement
+    assert list(parameters.values()) == ['strict $."age" ? (@ >= 25 && @ <= 40.5)']  # type: ignore[attr-defined]
+
+
 def test_a_failed_refresh_raises_sqlalchemys_error_and_leaves_the_pool_as_it_was(
     engine: Engine, tmp_path: Path
 ) -> None:
