@@ -13,7 +13,7 @@ from sqlalchemy.exc import DBAPIError
 from activities.apply import apply_paths
 from activities.events import record_event
 from activities.profiles import set_profile
-from activities.rule_sql import members_query
+from activities.rule_sql import members_query, plan_for_values
 from activities.segments import (
     _read_catalog,
     dependencies,
@@ -222,6 +222,29 @@ def test_postgresql_reads_a_number_range_once_by_a_bound_strict_jsonpath(engine:
     [(statement, parameters)] = sent
     assert "@?" in statement and "->" not in statement and "age" not in statement
     assert list(parameters.values()) == ['strict $."age" ? (@ >= 25 && @ <= 40.5)']  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_segment_query_run_again_is_planned_for_its_values(engine: Engine) -> None:
+    """psycopg prepares a statement a connection has run five times, and PostgreSQL then
+    tends to a generic plan, made without the values; a batch evaluation plans every run."""
+    rule = Segment.model_validate(
+        {"id": "s", "rule": {"attribute": "country", "op": "in", "value": ["FR", "DE"]}}
+    ).rule
+    plans: dict[bool, tuple[int, int]] = {}
+    for custom in (False, True):
+        with engine.connect() as connection:
+            connection.exec_driver_sql("DEALLOCATE ALL")
+            for _ in range(15):
+                if custom:
+                    plan_for_values(connection)
+                connection.execute(members_query("postgresql", rule, datetime.now(UTC), {})).all()
+            [plans[custom]] = connection.exec_driver_sql(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+                " WHERE starts_with(statement, 'SELECT profiles.id')"
+            ).all()
+            connection.rollback()
+    assert plans[False][0] > 0 and plans[True] == (0, 10)
 
 
 def test_a_failed_refresh_raises_sqlalchemys_error_and_leaves_the_pool_as_it_was(
