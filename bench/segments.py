@@ -1169,7 +1169,7 @@ Measured by `bench/segments.py` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC (the r
 
 ### Batch: `members_query` against hand-written SQL
 
-Each rule is a published segment. `members_query` is built, run and every id fetched through one SQLAlchemy connection, against the hand-written query below run through the same connection; at least {o.repeat} timed runs of each, and more for a fast query (up to {RUNS_CAP * o.repeat}) until each side has been timed for {o.min_seconds:g} s (the runs column), alternating which goes first, after one run of each off the clock whose ids are compared. The ratio is median over median; its spread pairs the runs.
+Each rule is a published segment. `members_query` is built, run and every id fetched through one SQLAlchemy connection, after `plan_for_values` as every batch evaluation calls it (on PostgreSQL, `SET LOCAL plan_cache_mode = force_custom_plan`: a statement run again is still planned for its values), against the hand-written query below run through the same connection and transaction; at least {o.repeat} timed runs of each, and more for a fast query (up to {RUNS_CAP * o.repeat}) until each side has been timed for {o.min_seconds:g} s (the runs column), alternating which goes first, after one run of each off the clock whose ids are compared. The ratio is median over median; its spread pairs the runs.
 
 {batch_table(results)}
 
