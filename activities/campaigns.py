@@ -58,7 +58,7 @@ from activities.db import (
 from activities.delivery import address_of, no_address, retry_delay, send_clock, sms_taken
 from activities.ledger import DELIVERIES
 from activities.rendering import RenderError, profile_json
-from activities.rule_sql import members_query
+from activities.rule_sql import members_query, plan_for_values
 from parcours.contracts import (
     CampaignPage,
     CampaignReport,
@@ -210,6 +210,7 @@ def start_run(engine: Engine, request: StartRun) -> RunPlan:
         session.execute(
             delete(CampaignAudienceRow).where(CampaignAudienceRow.run_id == request.run_id)
         )
+        plan_for_values(session)
         members = members_query(
             engine.dialect.name, campaign.audience, request.now, known_segments(engine)
         ).subquery()

@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    Connection,
     String,
     and_,
     false,
@@ -31,9 +32,11 @@ from sqlalchemy import (
     not_,
     or_,
     select,
+    text,
     true,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSONB, JSONPATH
+from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from activities.db import EventRow, ProfileRow
@@ -147,11 +150,16 @@ class _PostgresField:
     the type test. String order is by bytes, as in Python, whatever the database's collation.
     Numbers and booleans are compared as jsonb: equal only to a value of their own type,
     numbers as exact numerics (as Python compares ints and floats, and cheaper than any cast),
-    and types sorted apart (strings < numbers < booleans < containers), so a number range
-    with two ends needs no type test either.
+    and types sorted apart (strings < numbers < booleans < containers). A number range is a
+    strict-mode jsonpath filter instead, `column @? 'strict $."key" ? (@ >= low && @ <= high)'`:
+    one read of the key for both ends, where `->` BETWEEN reads and copies it twice and
+    compares jsonb twice (measured about a fifth less per row on a million profiles). In a
+    jsonpath a number compares only with a number (anything else is "unknown", so false), and
+    strict mode does not look inside arrays; a missing key is NULL, as with `->`.
     """
 
     def __init__(self, column: Any, key: str) -> None:
+        self._column, self._key = column, key
         name = literal(key, String)
         self.value = column.op("->", return_type=JSONB)(name)
         self.type = func.jsonb_typeof(self.value)
@@ -166,6 +174,14 @@ class _PostgresField:
     def text(self) -> Any:
         return self._text
 
+    def _path_filter(self, test: str) -> Condition:
+        """Does the key hold a value passing this jsonpath filter? The path is a bound value
+        (of type jsonpath): the key is letters, digits, `_` and `-` (the rule models check
+        it), quoted; the test holds only numbers written by `json.dumps`."""
+        path = f'strict $."{self._key}" ? ({test})'
+        found: Condition = self._column.op("@?", is_comparison=True)(literal(path, JSONPATH))
+        return found
+
     def compare(self, op: str, value: Any, family: str) -> Condition:
         if family == "boolean":
             accepted = _booleans(op, value) if op in ("eq", "ne", "in", "not_in") else []
@@ -176,10 +192,10 @@ class _PostgresField:
             return found
         condition: Condition
         if family == "number":
-            jsons = [literal(v, JSONB) for v in (value if isinstance(value, list) else [value])]
             if op == "between":
-                # Strings and null sort below every number, booleans and containers above.
-                return self.value.between(*jsons)  # type: ignore[no-any-return]
+                low, high = (json.dumps(v) for v in value)
+                return self._path_filter(f"@ >= {low} && @ <= {high}")
+            jsons = [literal(v, JSONB) for v in (value if isinstance(value, list) else [value])]
             if op in ("eq", "in", "ne", "not_in"):
                 condition = self.value == jsons[0] if len(jsons) == 1 else self.value.in_(jsons)
                 return condition if op in ("eq", "in") else and_(self.of(family), not_(condition))
@@ -293,7 +309,7 @@ class RuleCompiler:
         if isinstance(rule, AttributeRule | PropertyRule):
             # In SQLite a range of numbers is one read too (other types sort outside it; a
             # test is added only when it holds 0 or 1, which booleans read as): kept in the
-            # order written. PostgreSQL measured faster with its jsonb range tested last.
+            # order written. PostgreSQL measured faster with its number range tested last.
             if (
                 self.dialect == "sqlite"
                 and rule.op == "between"
@@ -384,6 +400,23 @@ class RuleCompiler:
 
 
 def members_query(dialect: str, rule: Any, now: datetime, segments: Mapping[str, Segment]) -> Any:
-    """SELECT the ids of every profile matching `rule`, in id order."""
+    """SELECT the ids of every profile matching `rule`, in id order. Run it after
+    `plan_for_values` in the same transaction."""
     condition = RuleCompiler(dialect, now, segments).compile(rule)
     return select(profiles.c.id).where(condition).order_by(profiles.c.id)
+
+
+def plan_for_values(connection: Connection | Session) -> None:
+    """On PostgreSQL, plan the rest of this transaction's statements for the values they run
+    with, as a segment query must be.
+
+    psycopg prepares a statement once a connection has run it five times, and PostgreSQL may
+    then switch to a generic plan, made without the values: it builds a rule's `IN ($2, $3,
+    $4)` as an array anew for every row and guesses row counts blind. On a million profiles
+    that made "age between and country in" a fifth slower (EXPLAIN ANALYZE EXECUTE, 512 ms
+    against 430 ms); planning a query that reads every profile again costs well under a
+    millisecond. A setting of the transaction: the streaming refresh keeps its generic plan.
+    """
+    bind = connection.get_bind() if isinstance(connection, Session) else connection
+    if bind.dialect.name == "postgresql":
+        connection.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))

@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from activities.catalog import SEGMENTS_REVISION, known_segments, segment_catalog
 from activities.db import EventRow, JsonObject, MembershipRow, ProfileRow, utcnow
-from activities.rule_sql import members_query
+from activities.rule_sql import members_query, plan_for_values
 from parcours.definitions import Segment
 from parcours.evaluate import Evaluation, EventFacts, ProfileFacts
 from parcours.rules import AttributeRule, ConsentRule, EventRule, SegmentRef, children
@@ -436,6 +436,7 @@ def rebuild(engine: Engine, segment_id: str, now: datetime | None = None) -> lis
     now = now or utcnow()
     segments = known_segments(engine)
     with Session(engine) as session:
+        plan_for_values(session)
         members = set(
             session.scalars(
                 members_query(engine.dialect.name, segments[segment_id].rule, now, segments)

@@ -64,7 +64,7 @@ from sqlalchemy.schema import CreateIndex
 
 from activities import catalog
 from activities.db import Base, close_engine, engine_for
-from activities.rule_sql import members_query, profiles
+from activities.rule_sql import members_query, plan_for_values, profiles
 from activities.segments import rebuild, refresh_profile
 from parcours.definitions import Segment
 from parcours.loader import LoadFailed, load_paths
@@ -89,6 +89,11 @@ BATCH_RATIO_GOAL = 1.2  # members_query time / hand-written SQL time, per rule
 STREAM_P99_GOAL_MS = 1.0  # refresh_profile after one event
 # Rows read from the data files per SQLite transaction (about 64 MiB of text).
 READ_HINT = 64 << 20
+# A fast query runs more often than `--repeat` (up to this many times as often) until each side
+# has been timed for `--min-seconds`: a pause of a few tens of milliseconds from another process
+# on this 2-core machine moves a 0.4 s run by a tenth but a 3 s run by a hundredth, and the
+# 0.4 s PostgreSQL queries read ratios from 1.02 to 1.24 across runs of identical code.
+RUNS_CAP = 4
 # Calls off the clock before the streaming timings, and calls under the profiler after them.
 STREAM_WARMUP = 50
 
@@ -297,7 +302,11 @@ def load_postgres(url: str, conninfo: str, files: HubFiles) -> Load:
 # Durability off (a benchmark's data is disposable; SQLite runs with synchronous=NORMAL in WAL,
 # which does not sync on commit either), memory sized for a 10M-event hub, autovacuum off so it
 # cannot start in the middle of a timing (the load ends with VACUUM ANALYZE). Everything else,
-# JIT and parallel query included, is PostgreSQL's default.
+# JIT and parallel query included, is PostgreSQL's default. Both sides get the same treatment
+# from them (EXPLAIN ANALYZE, 1M profiles): two parallel workers for every query on both sides;
+# JIT (expressions only, 35-50 ms) for the queries that read events, and for the hand-written
+# all/any/not query, whose estimate is higher than members_query's, never for the attribute
+# rules. Setting 1 or 0 workers per gather narrowed no ratio's spread in alternating runs.
 PG_SETTINGS = {
     "fsync": "off",
     "synchronous_commit": "off",
@@ -606,12 +615,21 @@ class Batch:
         return [o / h for o, h in zip(self.ours_s, self.hand_s, strict=True)]
 
 
-def time_batch(engine: Engine, case: Case, segments: dict[str, Segment], repeat: int) -> Batch:
+def time_batch(
+    engine: Engine,
+    case: Case,
+    segments: dict[str, Segment],
+    repeat: int,
+    min_seconds: float = 0.0,
+) -> Batch:
+    """At least `repeat` timed runs of each query, and more (up to RUNS_CAP times `repeat`)
+    until each side has been timed for `min_seconds`."""
     dialect = engine.dialect.name
     rule = segments[case.segment].rule
     hand = text(case.sql[dialect])
 
     def ours_ids(connection: Connection) -> list[str]:
+        plan_for_values(connection)  # as every batch evaluation does, on the clock
         return list(connection.execute(members_query(dialect, rule, NOW, segments)).scalars())
 
     def hand_ids(connection: Connection) -> list[str]:
@@ -625,12 +643,16 @@ def time_batch(engine: Engine, case: Case, segments: dict[str, Segment], repeat:
     with engine.connect() as connection:
         # Off the clock: warms the caches, and gives the answers to compare.
         ours, theirs = ours_ids(connection), hand_ids(connection)
-        for number in range(repeat):
+        number = 0
+        while number < repeat or (
+            number < RUNS_CAP * repeat and min(map(sum, timings.values())) < min_seconds
+        ):
             # Alternating which goes first keeps warm-cache luck from favouring one side.
             for name, run in runs if number % 2 == 0 else runs[::-1]:
                 began = time.perf_counter()
                 run(connection)
                 timings[name].append(time.perf_counter() - began)
+            number += 1
     return Batch(case, timings["ours"], timings["hand"], len(ours), len(theirs), ours == theirs)
 
 
@@ -852,6 +874,7 @@ class StoreResult:
 class Options:
     hub: Hub
     repeat: int
+    min_seconds: float
     sample: int
     profile_sample: int
     stores: tuple[str, ...]
@@ -880,12 +903,12 @@ def measure(
         with phase(memory, "batch"):
             segments = publish_segments(engine, tmp)
             for case in CASES if options.only != "streaming" else ():
-                batch = time_batch(engine, case, segments, options.repeat)
+                batch = time_batch(engine, case, segments, options.repeat, options.min_seconds)
                 result.batches.append(batch)
                 print(
                     f"{label}: {case.label:<30} members_query "
                     f"{statistics.median(batch.ours_s):7.3f} s  "
-                    f"hand {statistics.median(batch.hand_s):7.3f} s  ratio {batch.ratio:.2f}  "
+                    f"hand {statistics.median(batch.hand_s):7.3f} s  ratio {batch.ratio:.2f}  {len(batch.ours_s)} runs  "
                     f"{batch.members:,} members{'' if batch.agree else '  IDS DIFFER'}",
                     flush=True,
                 )
@@ -1008,16 +1031,16 @@ def summary_table(results: Results) -> str:
 
 def batch_table(results: Results) -> str:
     lines = [
-        "| rule | store | members | `members_query` median (spread) "
+        "| rule | store | members | runs | `members_query` median (spread) "
         "| hand-written median (spread) | ratio (spread) | same ids |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for store in results.stores:
         for b in store.batches:
             same = "yes" if b.agree else f"**no** (hand-written: {b.hand_members:,})"
             lines.append(
                 f"| {b.case.label} (`{b.case.segment}`) | {store.label} | {b.members:,} "
-                f"| {seconds(b.ours_s)} | {seconds(b.hand_s)} "
+                f"| {len(b.ours_s)} | {seconds(b.ours_s)} | {seconds(b.hand_s)} "
                 f"| {b.ratio:.2f} ({spread(b.ratios())}) | {same} |"
             )
     return "\n".join(lines)
@@ -1146,7 +1169,7 @@ Measured by `bench/segments.py` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC (the r
 
 ### Batch: `members_query` against hand-written SQL
 
-Each rule is a published segment. `members_query` is built, run and every id fetched through one SQLAlchemy connection, against the hand-written query below run through the same connection; {o.repeat} timed runs of each, alternating which goes first, after one run of each off the clock whose ids are compared. The ratio is median over median; its spread pairs the runs.
+Each rule is a published segment. `members_query` is built, run and every id fetched through one SQLAlchemy connection, after `plan_for_values` as every batch evaluation calls it (on PostgreSQL, `SET LOCAL plan_cache_mode = force_custom_plan`: a statement run again is still planned for its values), against the hand-written query below run through the same connection and transaction; at least {o.repeat} timed runs of each, and more for a fast query (up to {RUNS_CAP * o.repeat}) until each side has been timed for {o.min_seconds:g} s (the runs column), alternating which goes first, after one run of each off the clock whose ids are compared. The ratio is median over median; its spread pairs the runs.
 
 {batch_table(results)}
 
@@ -1185,6 +1208,12 @@ def main() -> None:
     # same as the hand-written query's read 1.16 (0.96-1.21) in one run, 1.01 in a controlled
     # test of that pair alone.
     parser.add_argument("--repeat", type=int, default=9, help="timed runs of each batch query")
+    parser.add_argument(
+        "--min-seconds",
+        type=float,
+        default=10.0,
+        help="more timed runs of a fast batch query until each side has run this long",
+    )
     parser.add_argument("--sample", type=int, default=2000, help="events for streaming")
     parser.add_argument("--profile-sample", type=int, default=300, help="refreshes profiled")
     parser.add_argument(
@@ -1205,6 +1234,7 @@ def main() -> None:
     options = Options(
         Hub(args.profiles, args.events_per_profile, args.seed),
         args.repeat,
+        args.min_seconds,
         args.sample,
         args.profile_sample,
         stores,

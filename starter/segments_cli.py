@@ -51,7 +51,7 @@ def segments_preview(
 
     from activities.catalog import known_segments
     from activities.db import utcnow
-    from activities.rule_sql import members_query
+    from activities.rule_sql import members_query, plan_for_values
     from parcours.loader import LoadFailed, load_paths
 
     db = engine(ctx)
@@ -71,6 +71,7 @@ def segments_preview(
     else:
         raise CommandError(f"no segment {target!r} is published, and no such file")
     with Session(db) as session:
+        plan_for_values(session)
         members = list(
             session.scalars(members_query(db.dialect.name, segment.rule, utcnow(), known))
         )

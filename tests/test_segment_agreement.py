@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from itertools import product
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -200,3 +201,37 @@ def test_in_memory_and_sql_evaluators_agree(
     parsed = RULE.validate_python(rule)
     expected = {f"p{i}" for i, p in enumerate(profiles) if matches(parsed, p, NOW, SEGMENTS)}
     assert sql_members(engine, parsed, profiles) == expected, json.dumps(rule)
+
+
+# Every JSON type, in and around the ranges below; a profile without the key comes last.
+RANGE_PROBES: list[Any] = [
+    30, 30.5, 25, 40.0, 41, 24.99, -1, 0, 1, 0.5, "30", "0", [30], [0], {"a": 30}, True, False,
+    None,
+]  # fmt: skip
+
+
+def test_a_number_range_holds_numbers_only(engine: Engine) -> None:
+    """A string, a boolean (1 and 0 in SQLite), an array or object holding a number in range,
+    null or a missing key is outside every number range, on an attribute and on an event
+    property alike; `not` of the range keeps them all."""
+    profiles = [
+        ProfileFacts(attributes={"age": v}, events=(EventFacts("order", NOW, {"age": v}),))
+        for v in RANGE_PROBES
+    ]
+    profiles.append(ProfileFacts(events=(EventFacts("order", NOW, {}),)))
+    everyone = {f"p{i}" for i in range(len(profiles))}
+    for low, high in ([25, 40], [-1.5, 0.5], [0, 1]):
+        numbers = {
+            f"p{i}"
+            for i, v in enumerate(RANGE_PROBES)
+            if isinstance(v, int | float) and not isinstance(v, bool) and low <= v <= high
+        }
+        attribute = {"attribute": "age", "op": "between", "value": [low, high]}
+        prop = {"property": "age", "op": "between", "value": [low, high]}
+        for rule, negated in product((attribute, {"event": "order", "where": prop}), (0, 1)):
+            parsed = RULE.validate_python({"not": rule} if negated else rule)
+            expected = {
+                f"p{i}" for i, p in enumerate(profiles) if matches(parsed, p, NOW, SEGMENTS)
+            }
+            assert expected == (everyone - numbers if negated else numbers)
+            assert sql_members(engine, parsed, profiles) == expected, (json.dumps(rule), negated)

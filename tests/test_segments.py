@@ -13,7 +13,7 @@ from sqlalchemy.exc import DBAPIError
 from activities.apply import apply_paths
 from activities.events import record_event
 from activities.profiles import set_profile
-from activities.rule_sql import members_query
+from activities.rule_sql import members_query, plan_for_values
 from activities.segments import (
     _read_catalog,
     dependencies,
@@ -206,6 +206,45 @@ def test_sqlite_reads_keys_by_constant_path_in_the_order_written(engine: Engine)
     [(statement, parameters)] = sent
     age, country = statement.index("'$.age'"), statement.index("'$.country'")
     assert age < country and parameters == (25, 40, "FR", "it's")
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_postgresql_reads_a_number_range_once_by_a_bound_strict_jsonpath(engine: Engine) -> None:
+    """`->` BETWEEN would read and copy the key twice and compare jsonb twice: the range is
+    one strict-mode jsonpath filter, bound as a parameter like every value of the rule."""
+    rule = Segment.model_validate(
+        {"id": "s", "rule": {"attribute": "age", "op": "between", "value": [25, 40.5]}}
+    ).rule
+    sent: list[tuple[str, object]] = []
+    event.listen(engine, "before_cursor_execute", lambda *a: sent.append((a[2], a[3])))
+    with engine.connect() as connection:
+        connection.execute(members_query("postgresql", rule, datetime.now(UTC), {})).all()
+    [(statement, parameters)] = sent
+    assert "@?" in statement and "->" not in statement and "age" not in statement
+    assert list(parameters.values()) == ['strict $."age" ? (@ >= 25 && @ <= 40.5)']  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_segment_query_run_again_is_planned_for_its_values(engine: Engine) -> None:
+    """psycopg prepares a statement a connection has run five times, and PostgreSQL then
+    tends to a generic plan, made without the values; a batch evaluation plans every run."""
+    rule = Segment.model_validate(
+        {"id": "s", "rule": {"attribute": "country", "op": "in", "value": ["FR", "DE"]}}
+    ).rule
+    plans: dict[bool, tuple[int, int]] = {}
+    for custom in (False, True):
+        with engine.connect() as connection:
+            connection.exec_driver_sql("DEALLOCATE ALL")
+            for _ in range(15):
+                if custom:
+                    plan_for_values(connection)
+                connection.execute(members_query("postgresql", rule, datetime.now(UTC), {})).all()
+            [plans[custom]] = connection.exec_driver_sql(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+                " WHERE starts_with(statement, 'SELECT profiles.id')"
+            ).all()
+            connection.rollback()
+    assert plans[False][0] > 0 and plans[True] == (0, 10)
 
 
 def test_a_failed_refresh_raises_sqlalchemys_error_and_leaves_the_pool_as_it_was(
