@@ -53,12 +53,13 @@ from activities.db import (
     UTCDateTime,
     insert_many,
     ordered_ids,
+    plan_for_values,
     utcnow,
 )
 from activities.delivery import address_of, no_address, retry_delay, send_clock, sms_taken
 from activities.ledger import DELIVERIES
 from activities.rendering import RenderError, profile_json
-from activities.rule_sql import members_query, plan_for_values
+from activities.rule_sql import members_query
 from parcours.contracts import (
     CampaignPage,
     CampaignReport,

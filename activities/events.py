@@ -18,13 +18,12 @@ from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.orm import Session
 
-from activities.db import EventRow, utcnow
+from activities.db import EventRow, plan_for_values, utcnow
 from activities.entries import record_entry
 from activities.profiles import (
     IN_CHUNK,
     create_missing_profiles,
     insert_missing,
-    plan_for_current_sizes,
     retrying,
 )
 from parcours.records import Event, NewEvent
@@ -69,7 +68,7 @@ def record_events(
         # Core, not an ORM session: one event per request is the common case, and the
         # session's bookkeeping cost more than the two inserts.
         with engine.begin() as connection:
-            plan_for_current_sizes(connection)
+            plan_for_values(connection)
             # In id order, like the profiles after them: two batches sharing ids then wait
             # for each other in the same order and cannot deadlock on PostgreSQL.
             rows = sorted(first.values(), key=lambda row: str(row["id"]))

@@ -20,13 +20,13 @@ from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 import phonenumbers
-from sqlalchemy import Insert, Table, bindparam, insert, select, text
+from sqlalchemy import Insert, Table, bindparam, insert, select
 from sqlalchemy import update as sql_update
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
-from activities.db import ProfileRow, dialect_insert, utcnow
+from activities.db import ProfileRow, dialect_insert, dialect_of, plan_for_values, utcnow
 from parcours.errors import InputError
 from parcours.json_values import nul_at
 from parcours.records import Profile
@@ -328,23 +328,8 @@ def write_session(engine: Engine) -> Iterator[Session]:
     with Session(engine) as session, session.begin():
         if engine.dialect.name == "sqlite":
             session.connection().exec_driver_sql("BEGIN IMMEDIATE")
-        plan_for_current_sizes(session)
+        plan_for_values(session)
         yield session
-
-
-def plan_for_current_sizes(session: Session | Connection) -> None:
-    """Plan each `id IN (…)` lookup for the table as it is now.
-
-    psycopg prepares a statement run five times, and PostgreSQL may then keep a generic plan
-    made while the table was small: a sequential scan comparing every row with every id,
-    which an import makes slower with each batch (two seconds a lookup at 50,000 profiles).
-    """
-    if dialect_of(session) == "postgresql":
-        session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
-
-
-def dialect_of(session: Session | Connection) -> str:
-    return (session.get_bind() if isinstance(session, Session) else session).dialect.name
 
 
 @dataclass

@@ -23,7 +23,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    Connection,
     String,
     and_,
     false,
@@ -32,11 +31,9 @@ from sqlalchemy import (
     not_,
     or_,
     select,
-    text,
     true,
 )
 from sqlalchemy.dialects.postgresql import JSONB, JSONPATH
-from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from activities.db import EventRow, ProfileRow
@@ -401,22 +398,6 @@ class RuleCompiler:
 
 def members_query(dialect: str, rule: Any, now: datetime, segments: Mapping[str, Segment]) -> Any:
     """SELECT the ids of every profile matching `rule`, in id order. Run it after
-    `plan_for_values` in the same transaction."""
+    `activities.db.plan_for_values` in the same transaction."""
     condition = RuleCompiler(dialect, now, segments).compile(rule)
     return select(profiles.c.id).where(condition).order_by(profiles.c.id)
-
-
-def plan_for_values(connection: Connection | Session) -> None:
-    """On PostgreSQL, plan the rest of this transaction's statements for the values they run
-    with, as a segment query must be.
-
-    psycopg prepares a statement once a connection has run it five times, and PostgreSQL may
-    then switch to a generic plan, made without the values: it builds a rule's `IN ($2, $3,
-    $4)` as an array anew for every row and guesses row counts blind. On a million profiles
-    that made "age between and country in" a fifth slower (EXPLAIN ANALYZE EXECUTE, 512 ms
-    against 430 ms); planning a query that reads every profile again costs well under a
-    millisecond. A setting of the transaction: the streaming refresh keeps its generic plan.
-    """
-    bind = connection.get_bind() if isinstance(connection, Session) else connection
-    if bind.dialect.name == "postgresql":
-        connection.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))

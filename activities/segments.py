@@ -34,8 +34,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from activities.catalog import SEGMENTS_REVISION, known_segments, segment_catalog
-from activities.db import EventRow, JsonObject, MembershipRow, ProfileRow, utcnow
-from activities.rule_sql import members_query, plan_for_values
+from activities.db import EventRow, JsonObject, MembershipRow, ProfileRow, plan_for_values, utcnow
+from activities.rule_sql import members_query
 from parcours.definitions import Segment
 from parcours.evaluate import Evaluation, EventFacts, ProfileFacts
 from parcours.rules import AttributeRule, ConsentRule, EventRule, SegmentRef, children

@@ -63,8 +63,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.schema import CreateIndex
 
 from activities import catalog
-from activities.db import Base, close_engine, engine_for
-from activities.rule_sql import members_query, plan_for_values, profiles
+from activities.db import Base, close_engine, engine_for, plan_for_values
+from activities.rule_sql import members_query, profiles
 from activities.segments import rebuild, refresh_profile
 from parcours.definitions import Segment
 from parcours.loader import LoadFailed, load_paths

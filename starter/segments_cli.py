@@ -50,8 +50,8 @@ def segments_preview(
     from sqlalchemy.orm import Session
 
     from activities.catalog import known_segments
-    from activities.db import utcnow
-    from activities.rule_sql import members_query, plan_for_values
+    from activities.db import plan_for_values, utcnow
+    from activities.rule_sql import members_query
     from parcours.loader import LoadFailed, load_paths
 
     db = engine(ctx)

@@ -11,9 +11,10 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
 from activities.apply import apply_paths
+from activities.db import plan_for_values
 from activities.events import record_event
 from activities.profiles import set_profile
-from activities.rule_sql import members_query, plan_for_values
+from activities.rule_sql import members_query
 from activities.segments import (
     _read_catalog,
     dependencies,
