@@ -62,7 +62,7 @@ from bench.report import (  # noqa: E402
     verdict,
     write_docs,
 )
-from tests.stack import descendants  # noqa: E402
+from tests.stack import descendants, page_processes  # noqa: E402
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Campaigns"
@@ -102,6 +102,7 @@ def cpu_by_kind(fake_pid: int) -> dict[str, float]:
     """CPU seconds used so far by this process and by each kind of process under it."""
     used = dict.fromkeys(KINDS, 0.0)
     used["this process"] = time.process_time()
+    pages = set(page_processes(os.getpid()))
     for pid in descendants(os.getpid()):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -109,8 +110,8 @@ def cpu_by_kind(fake_pid: int) -> dict[str, float]:
             continue
         if pid == fake_pid:
             kind = "fake SendGrid"
-        elif b"multiprocessing.forkserver" in cmdline:
-            kind = "page processes"  # and the idle fork server they come from
+        elif pid in pages:
+            kind = "page processes"
         elif b"temporal" in cmdline:
             kind = "dev server"
         else:

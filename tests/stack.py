@@ -53,6 +53,19 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def page_processes(worker: int) -> list[int]:
+    """A worker's page processes: what multiprocessing's fork server under it forked."""
+
+    def forked(pid: int) -> bool:
+        try:
+            return b"multiprocessing.forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+
+    servers = [pid for pid in descendants(worker) if forked(pid)]
+    return [pid for server in servers for pid in descendants(server) if forked(pid)]
+
+
 def wait_until(predicate: Any, timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -8,8 +8,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from prometheus_client import REGISTRY
@@ -21,6 +24,8 @@ from parcours.settings import Settings
 from tests.stack import alive, descendants, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
+A = TypeVar("A")
+T = TypeVar("T")
 # The worker of the first test: one child, asleep in its work, whose pid it prints.
 SLEEPING_WORKER = """
 import asyncio, os, sys
@@ -37,6 +42,16 @@ asyncio.run(main())
 
 def nothing() -> None:
     pass
+
+
+@contextmanager
+def one_child(work: Callable[[A], T]) -> Iterator[ChildProcesses[A, T]]:
+    """A worker's one child process for `work`, closed after the block."""
+    children = ChildProcesses(1, nothing, (), work)
+    try:
+        yield children
+    finally:
+        children.close()
 
 
 def pid_then_sleep(path: str) -> None:
@@ -67,7 +82,7 @@ def test_a_child_dies_with_its_worker_even_in_the_middle_of_its_work(tmp_path: P
         assert alive(child)
         worker.send_signal(signal.SIGKILL)
         worker.wait(10)
-        # Without PR_SET_PDEATHSIG it would sleep on for two minutes.
+        # Without its watch on the worker's pidfd it would sleep on for two minutes.
         wait_until(lambda: not alive(child), 5, "the child to die with its worker")
     finally:
         worker.kill()
@@ -75,8 +90,7 @@ def test_a_child_dies_with_its_worker_even_in_the_middle_of_its_work(tmp_path: P
 
 
 async def test_a_failure_in_a_child_is_raised_as_temporal_would_record_it() -> None:
-    children: ChildProcesses[str, None] = ChildProcesses(1, nothing, (), fail)
-    try:
+    with one_child(fail) as children:
         with pytest.raises(ApplicationError) as raised:
             await children.run("application")
         error = raised.value
@@ -88,20 +102,15 @@ async def test_a_failure_in_a_child_is_raised_as_temporal_would_record_it() -> N
             await children.run("input")
         assert (raised.value.message, raised.value.type) == ("bad input", "ValueError")
         assert not raised.value.non_retryable
-    finally:
-        children.close()
 
 
 async def test_a_child_that_dies_fails_its_work_retryably_and_the_next_gets_a_new_one() -> None:
-    children: ChildProcesses[str, None] = ChildProcesses(1, nothing, (), fail)
-    try:
+    with one_child(fail) as children:
         with pytest.raises(ApplicationError) as raised:
             await children.run("exit")
         assert raised.value.type == "ChildProcessDied" and not raised.value.non_retryable
         with pytest.raises(ApplicationError, match="bad again"):
             await children.run("again")
-    finally:
-        children.close()
 
 
 async def test_what_a_child_counts_is_counted_by_its_worker() -> None:
@@ -109,14 +118,11 @@ async def test_what_a_child_counts_is_counted_by_its_worker() -> None:
         labels = {"channel": "email", "status": "sent"}
         return REGISTRY.get_sample_value("parcours_deliveries_total", labels) or 0.0
 
-    children: ChildProcesses[int, int] = ChildProcesses(1, nothing, (), count_sent)
-    try:
+    with one_child(count_sent) as children:
         before = sent()
         child = await children.run(5)
         assert child in descendants(os.getpid())
         assert sent() - before == 5
-    finally:
-        children.close()
     assert not alive(child), "closed, the children leave"
 
 

@@ -3,7 +3,6 @@ finishes the run and the fake SendGrid received each recipient exactly once."""
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -14,10 +13,9 @@ from sqlalchemy.orm import Session
 
 from activities.campaigns import run_reports
 from activities.db import DeliveryRow, engine_for
-from tests.conftest import EXAMPLES
 from tests.fakes.sendgrid import FakeSendGrid
 from tests.stack import DevStack, alive, descendants, wait_until
-from tests.test_campaigns import BOUNCED, OPTED_OUT, audience
+from tests.test_campaigns import audience, one_pass_digest, reachable
 
 pytestmark = pytest.mark.devserver
 RECIPIENTS = 50_000
@@ -26,12 +24,7 @@ RECIPIENTS = 50_000
 def test_a_run_survives_a_killed_worker_and_sends_each_recipient_exactly_once(
     tmp_path: Path, fake_sendgrid: FakeSendGrid, fault_summary: Callable[[str], None]
 ) -> None:
-    defs = tmp_path / "defs"
-    shutil.copytree(EXAMPLES / "weekly-digest", defs)
-    campaign = (defs / "campaign.yaml").read_text()
-    (defs / "campaign.yaml").write_text(
-        campaign.replace("follow_up:", "# follow_up:").replace("rate_limit:", "# rate_limit:")
-    )
+    defs = one_pass_digest(tmp_path / "defs")
     stack = DevStack(
         tmp_path / "data",
         defs,
@@ -62,8 +55,7 @@ def test_a_run_survives_a_killed_worker_and_sends_each_recipient_exactly_once(
     finally:
         stack.stop()
 
-    left_out = set(OPTED_OUT) | set(BOUNCED)
-    reachable = [f"p{i:05d}@example.com" for i in range(RECIPIENTS) if i not in left_out]
+    sent_to = reachable(RECIPIENTS)
     received = Counter(m.to[0] for m in fake_sendgrid.requests)
     with Session(engine) as session:
         # Rows the kill left `sending` were found at SendGrid: they keep its message id too.
@@ -73,15 +65,15 @@ def test_a_run_survives_a_killed_worker_and_sends_each_recipient_exactly_once(
             )
         )
     fault_summary(
-        f"{RECIPIENTS:,} recipients, {len(reachable):,} reachable, "
+        f"{RECIPIENTS:,} recipients, {len(sent_to):,} reachable, "
         f"{len(under_worker)} processes under the killed worker, all gone, "
         f"{received_at_kill:,} received at the kill, {sum(received.values()):,} received in all "
         f"by {len(received):,} distinct recipients, duplicates "
         f"{sum(n - 1 for n in received.values())}, report "
         f"{ {k: report[k] for k in ('sent', 'suppressed', 'failed')} }"
     )
-    assert received_at_kill < len(reachable), "the kill happened mid-run"
+    assert received_at_kill < len(sent_to), "the kill happened mid-run"
     assert under_worker, "the killed worker sent its pages from processes of its own"
-    assert received == Counter(reachable), "each reachable recipient exactly once"
-    assert report["sent"] == len(reachable) and report["failed"] == {}
+    assert received == Counter(sent_to), "each reachable recipient exactly once"
+    assert report["sent"] == len(sent_to) and report["failed"] == {}
     assert sent_without_id == 0

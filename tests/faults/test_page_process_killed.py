@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 from collections import Counter
 from collections.abc import Callable
@@ -19,28 +18,14 @@ from temporalio.testing import WorkflowEnvironment
 from activities.apply import apply_paths
 from parcours.settings import Settings
 from starter.campaigns import start_run
-from tests.conftest import EXAMPLES
 from tests.delivery import with_providers
 from tests.fakes.sendgrid import FakeSendGrid
 from tests.journeys import run_worker
-from tests.stack import alive, descendants, wait_until
-from tests.test_campaigns import BOUNCED, OPTED_OUT, audience
+from tests.stack import alive, page_processes, wait_until
+from tests.test_campaigns import audience, one_pass_digest, reachable
 
 pytestmark = pytest.mark.devserver
 RECIPIENTS = 6_000
-
-
-def page_processes() -> list[int]:
-    """This process's page processes: the children of its fork server."""
-
-    def forked(pid: int) -> bool:
-        try:
-            return b"multiprocessing.forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return False
-
-    servers = [pid for pid in descendants(os.getpid()) if forked(pid)]
-    return [pid for server in servers for pid in descendants(server) if forked(pid)]
 
 
 async def test_pages_whose_processes_are_killed_are_sent_again_exactly_once(
@@ -51,12 +36,7 @@ async def test_pages_whose_processes_are_killed_are_sent_again_exactly_once(
     tmp_path: Path,
     fault_summary: Callable[[str], None],
 ) -> None:
-    defs = tmp_path / "defs"
-    shutil.copytree(EXAMPLES / "weekly-digest", defs)
-    campaign = (defs / "campaign.yaml").read_text()
-    (defs / "campaign.yaml").write_text(
-        campaign.replace("follow_up:", "# follow_up:").replace("rate_limit:", "# rate_limit:")
-    )
+    defs = one_pass_digest(tmp_path / "defs")
     apply_paths(engine, [defs])
     audience(engine, RECIPIENTS)
     # The first page's request is held at the provider while its process is killed: the
@@ -69,14 +49,13 @@ async def test_pages_whose_processes_are_killed_are_sent_again_exactly_once(
         await asyncio.to_thread(
             wait_until, lambda: fake_sendgrid.attempts >= 1, 60, "a page's request"
         )
-        killed = page_processes()
+        killed = page_processes(os.getpid())
         for pid in killed:
             os.kill(pid, signal.SIGKILL)
         received_at_kill = len(fake_sendgrid.requests)
         report = await handle.result()
 
-    left_out = set(OPTED_OUT) | set(BOUNCED)
-    reachable = [f"p{i:05d}@example.com" for i in range(RECIPIENTS) if i not in left_out]
+    sent_to = reachable(RECIPIENTS)
     received = Counter(m.to[0] for m in fake_sendgrid.requests)
     fault_summary(
         f"{RECIPIENTS:,} recipients, {len(killed)} page processes killed, "
@@ -85,6 +64,6 @@ async def test_pages_whose_processes_are_killed_are_sent_again_exactly_once(
         f"{sum(n - 1 for n in received.values())}, report sent {report.sent}"
     )
     assert killed and not any(map(alive, killed))
-    assert received_at_kill < len(reachable), "the kill happened mid-run"
-    assert received == Counter(reachable), "each reachable recipient exactly once"
-    assert report.sent == len(reachable) and report.failed == {}
+    assert received_at_kill < len(sent_to), "the kill happened mid-run"
+    assert received == Counter(sent_to), "each reachable recipient exactly once"
+    assert report.sent == len(sent_to) and report.failed == {}
