@@ -101,11 +101,11 @@ async def frozen_heap() -> AsyncIterator[None]:
     """Leave what the process holds when its worker starts (modules, pydantic schemas, the
     Temporal SDK) out of every later garbage collection while it runs.
 
-    A campaign page keeps a few objects per recipient alive for the page, thousands in all, and
-    each time they add up to a quarter of the heap Python's collector walks the whole heap:
-    without this, a sixth to a third of a page's CPU went to walking objects that live as long
-    as the process. Frozen objects are never collected: they are handed back to the collector when
-    the worker stops. No full collection first: it would add tens of milliseconds to every
+    Work that keeps thousands of objects alive at once (a campaign page, in a worker that sends
+    pages from its own threads) makes Python's collector walk the whole heap each time they add
+    up to a quarter of it: a sixth to a third of a page's CPU went to walking objects that live
+    as long as the process. Page processes freeze their own heap when they start. Frozen
+    objects are never collected: they are handed back to the collector when the worker stops. No full collection first: it would add tens of milliseconds to every
     worker start (a test suite starts many), for garbage that is only kept until the worker
     stops.
     """
