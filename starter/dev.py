@@ -31,6 +31,10 @@ from parcours.settings import Settings, write_config
 from starter.binaries import temporal_cli
 
 READY_TIMEOUT = 90.0
+# The dev server picks some of its ports itself while it starts, and another program can take
+# one first: it then panics before it is ready. Starting it again picks new ports.
+TEMPORAL_START_ATTEMPTS = 3
+GO_CRASH_PREFIXES = ("panic: ", "fatal error: ")
 STOP_TIMEOUT = 15.0
 WORKER_READY_LINE = "worker polling task queue"
 API_READY_LINE = "Uvicorn running on"
@@ -76,6 +80,8 @@ class DevStack:
         self.apply = list(apply)
         self.logs = self.data_dir / "logs"
         self.children: dict[str, subprocess.Popen[bytes]] = {}
+        # Where each child's run starts in its log, which earlier runs' lines precede.
+        self._log_starts: dict[str, int] = {}
         self.metrics: dict[str, str] = {}
         self._lock: IO[str] | None = None
         self._stopping = False
@@ -145,8 +151,7 @@ class DevStack:
         console.print(
             f"starting Temporal dev server on {address} (store: {self.data_dir / 'temporal.db'})"
         )
-        self._spawn("temporal", self._temporal_command(), self.logs / "temporal.log")
-        self._wait_for_temporal(address)
+        self._start_temporal(address)
         ui_url = f"http://127.0.0.1:{self.ui_port}"
         self.metrics = {
             name: os.environ.get(name) or f"127.0.0.1:{_free_port()}" for name in METRICS_VARIABLES
@@ -194,7 +199,6 @@ class DevStack:
 
     def _start_worker(self) -> None:
         log = self.logs / "worker.log"
-        start = log.stat().st_size if log.exists() else 0
         env = {
             **os.environ,
             "PARCOURS_DATA_DIR": str(self.data_dir),
@@ -202,7 +206,7 @@ class DevStack:
             **self.metrics,
         }
         self._spawn("worker", [sys.executable, "-m", "worker"], log, env=env)
-        self._wait_for_line("worker", log, WORKER_READY_LINE, start)
+        self._wait_for_line("worker", log, WORKER_READY_LINE)
 
     def _metrics_urls(self) -> str:
         urls = [f"http://127.0.0.1:{self.api_port}/metrics (API, with the key)"]
@@ -221,7 +225,6 @@ class DevStack:
 
     def _start_api(self) -> None:
         log = self.logs / "api.log"
-        start = log.stat().st_size if log.exists() else 0
         env = {
             **os.environ,
             "PARCOURS_DATA_DIR": str(self.data_dir),
@@ -230,7 +233,7 @@ class DevStack:
         }
         command = [sys.executable, "-m", "starter", "api", "--port", str(self.api_port)]
         self._spawn("api", command, log, env=env)
-        self._wait_for_line("api", log, API_READY_LINE, start)
+        self._wait_for_line("api", log, API_READY_LINE)
 
     def _codec_key(self, settings: Settings) -> str:
         """The key in the UI's codec endpoint: PARCOURS_CODEC_KEYS's first, or one made once
@@ -247,7 +250,6 @@ class DevStack:
         settings = Settings.load(self.data_dir)
         key = self._codec_key(settings)
         log = self.logs / "codec.log"
-        start = log.stat().st_size if log.exists() else 0
         origins = [f"http://127.0.0.1:{self.ui_port}", f"http://localhost:{self.ui_port}"]
         env = {
             **os.environ,
@@ -259,7 +261,7 @@ class DevStack:
         }
         command = [sys.executable, "-m", "starter", "codec-server", "--port", str(self.codec_port)]
         self._spawn("codec", command, log, env=env)
-        self._wait_for_line("codec", log, API_READY_LINE, start)
+        self._wait_for_line("codec", log, API_READY_LINE)
         self.codec_url = f"http://127.0.0.1:{self.codec_port}/{key}"
 
     def _temporal_command(self) -> list[str]:
@@ -280,9 +282,23 @@ class DevStack:
             command += ["--ui-codec-endpoint", self.codec_url]
         return command
 
+    def _start_temporal(self, address: str) -> None:
+        for attempt in range(1, TEMPORAL_START_ATTEMPTS + 1):
+            self._spawn("temporal", self._temporal_command(), self.logs / "temporal.log")
+            try:
+                self._wait_for_temporal(address)
+                return
+            except StackError as exc:
+                if attempt == TEMPORAL_START_ATTEMPTS or self.children["temporal"].poll() is None:
+                    raise
+                console.print(
+                    f"{exc}\nstarting it again (attempt {attempt + 1} of {TEMPORAL_START_ATTEMPTS})"
+                )
+
     def _spawn(
         self, name: str, command: list[str], log: Path, env: dict[str, str] | None = None
     ) -> None:
+        self._log_starts[name] = log.stat().st_size if log.exists() else 0
         with log.open("ab") as handle:
             self.children[name] = subprocess.Popen(
                 command,
@@ -315,12 +331,12 @@ class DevStack:
             f"Temporal did not become ready in {READY_TIMEOUT:.0f}s; see {self.logs / 'temporal.log'}"
         )
 
-    def _wait_for_line(self, name: str, log: Path, marker: str, offset: int = 0) -> None:
+    def _wait_for_line(self, name: str, log: Path, marker: str) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             self._check_alive(name)
             with log.open("rb") as handle:
-                handle.seek(offset)
+                handle.seek(self._log_starts[name])
                 seen = handle.read().decode(errors="replace")
             if marker in seen:
                 return
@@ -331,9 +347,16 @@ class DevStack:
         process = self.children[name]
         if process.poll() is not None:
             log = self.logs / f"{name}.log"
-            tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+            with log.open("rb") as handle:
+                handle.seek(self._log_starts.get(name, 0))
+                lines = handle.read().decode(errors="replace").strip().splitlines()
+            # A Go panic ends with its goroutine's stack: the reason is the line above it.
+            cause = [line for line in lines if line.startswith(GO_CRASH_PREFIXES)][:1]
+            tail = lines[-5:]
             raise StackError(
-                f"the {name} exited with code {process.returncode}; last lines of {log}:\n  "
+                f"the {name} exited with code {process.returncode}; "
+                + (f"{cause[0]}; " if cause and cause[0] not in tail else "")
+                + f"last lines of {log}:\n  "
                 + "\n  ".join(tail)
             )
 

@@ -12,6 +12,8 @@ import pytest
 from temporalio.client import Client
 
 from parcours import search_attributes as sa
+from starter.dev import DevStack as Dev
+from starter.dev import StackError
 from tests.conftest import EXAMPLES
 from tests.history_scan import payloads, readable
 from tests.stack import DevStack, alive, wait_until
@@ -119,3 +121,20 @@ def test_with_a_key_dev_encrypts_and_the_ui_decodes_through_its_codec_server(
         assert b"welcome-email" in readable(decoded.text)
     finally:
         stack.stop()
+
+
+def test_a_child_that_panics_is_reported_by_its_panic_not_only_its_stack(tmp_path: Path) -> None:
+    dev = Dev(tmp_path, port=0, ui_port=0, api_port=0, apply=[])
+    dev.logs.mkdir(parents=True)
+    (dev.logs / "temporal.log").write_text("an earlier run's panic: not this one\n")
+    crash = "panic: failed assigning ephemeral port: connection refused\n\ngoroutine 1 [running]:\n"
+    crash += "".join(f"frame {n}()\n\t/src/f.go:{n}\n" for n in range(20))
+    dev._spawn("temporal", ["sh", "-c", f"printf '{crash}'; exit 2"], dev.logs / "temporal.log")
+    dev.children["temporal"].wait(10)
+    with pytest.raises(StackError) as failed:
+        dev._check_alive("temporal")
+    message = str(failed.value)
+    assert message.startswith(
+        "the temporal exited with code 2; panic: failed assigning ephemeral port: connection refused;"
+    )
+    assert "/src/f.go:19" in message and "earlier" not in message

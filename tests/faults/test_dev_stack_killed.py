@@ -3,14 +3,19 @@ itself: the waiting journey goes on and sends each message once."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.conftest import PING
 from tests.stack import DevStack, alive, wait_until
 
 pytestmark = pytest.mark.devserver
@@ -45,6 +50,39 @@ def test_a_killed_temporal_server_keeps_the_waiting_journey(
     deliveries = both_messages(stack, "cy")
     fault_summary(counted(deliveries))
     assert [d["subject"] for d in deliveries] == ["Ping first", "Ping second"]
+
+
+def test_a_temporal_server_that_dies_while_it_starts_is_started_again(
+    tmp_path: Path, fault_summary: Callable[[str], None]
+) -> None:
+    (tmp_path / "defs").mkdir()
+    (tmp_path / "defs" / "ping.yaml").write_text(PING)
+    stack = DevStack(tmp_path / "data", tmp_path / "defs")
+    killed: list[int] = []
+    killer = threading.Thread(target=kill_once, args=(stack.data_dir / "temporal.pid", killed))
+    killer.start()
+    try:
+        stack.start()
+        killer.join()
+        fault_summary(f"Temporal killed while it started (pid {killed}), started again")
+        assert "exited with code -9" in stack.text()
+        assert "starting it again (attempt 2 of 3)" in stack.text()
+        assert stack.pid("temporal") not in killed
+        ping_and_wait_for_the_first_message(stack, "dee")
+    finally:
+        stack.stop()
+
+
+def kill_once(pid_file: Path, killed: list[int]) -> None:
+    """`kill -9` of the first process whose pid is written to `pid_file`, as soon as it is."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            pid = int(pid_file.read_text())
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            return
+        time.sleep(0.002)
 
 
 def ping_and_wait_for_the_first_message(stack: DevStack, profile: str) -> None:
