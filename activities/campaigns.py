@@ -52,6 +52,7 @@ from activities.db import (
     ProfileRow,
     UTCDateTime,
     insert_many,
+    is_one_of,
     ordered_ids,
     plan_for_values,
     utcnow,
@@ -293,6 +294,7 @@ class PageSender:
         page: CampaignPage,
     ) -> None:
         self.engine, self.policy, self.senders, self.settings = engine, policy, senders, settings
+        self.dialect = engine.dialect.name
         self.page = page
         self.campaign = page.campaign
         self.channel = self.campaign.channel
@@ -338,9 +340,7 @@ class PageSender:
         """The page's members in snapshot order, each with its profile's columns (all None
         when the profile was erased since)."""
         query = (
-            select(
-                AUDIENCE.c.seq, AUDIENCE.c.profile_id, *profile_columns(self.engine.dialect.name)
-            )
+            select(AUDIENCE.c.seq, AUDIENCE.c.profile_id, *profile_columns(self.dialect))
             .select_from(AUDIENCE.outerjoin(PROFILES, PROFILES.c.id == AUDIENCE.c.profile_id))
             .where(AUDIENCE.c.run_id == self.page.run_id, AUDIENCE.c.seq >= self.page.from_seq)
             .order_by(AUDIENCE.c.seq)
@@ -361,7 +361,8 @@ class PageSender:
             targets = set(
                 connection.scalars(
                     select(DELIVERIES.c.idempotency_key).where(
-                        DELIVERIES.c.idempotency_key.in_(keys), DELIVERIES.c.status.in_(waiting)
+                        is_one_of(DELIVERIES.c.idempotency_key, list(keys), self.dialect),
+                        DELIVERIES.c.status.in_(waiting),
                     )
                 )
             )
@@ -381,7 +382,7 @@ class PageSender:
                 for row in connection.execute(
                     select(
                         DELIVERIES.c.idempotency_key, *(DELIVERIES.c[c] for c in _LEDGER_STATE)
-                    ).where(DELIVERIES.c.idempotency_key.in_(keys))
+                    ).where(is_one_of(DELIVERIES.c.idempotency_key, list(keys), self.dialect))
                 )
             }
         # What every fresh row of the page shares.
@@ -678,7 +679,7 @@ class PageSender:
             for provider, message_id, ids in self._taken:
                 connection.execute(
                     update(DELIVERIES)
-                    .where(DELIVERIES.c.id.in_(ids))
+                    .where(is_one_of(DELIVERIES.c.id, ids, self.dialect))
                     .values(
                         status="sent",
                         reason=None,

@@ -6,6 +6,7 @@ SQLAlchemy's JSON type, except the objects segment rules read key by key (`JsonO
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -32,15 +33,20 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    any_,
     create_engine,
     event,
+    func,
     insert,
+    literal,
+    select,
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.sql.elements import ColumnElement, SQLCoreOperations
 
 from parcours.evaluate import epoch
 
@@ -53,6 +59,21 @@ def utcnow() -> datetime:
 
 def dialect_of(session: Session | Connection) -> str:
     return (session.get_bind() if isinstance(session, Session) else session).dialect.name
+
+
+def is_one_of(
+    column: SQLCoreOperations[str], values: Sequence[str], dialect: str
+) -> ColumnElement[bool]:
+    """`column IN (values)` with the values bound as one parameter: a JSON array that SQLite
+    reads with `json_each`, an array on PostgreSQL (`= ANY`).
+
+    For an IN list SQLAlchemy renders and processes a parameter per value on every execution,
+    in Python: for a campaign page's thousand keys that costs more than the lookups do
+    (2.4 ms a query against 1.7 ms, measured on the ledger)."""
+    if dialect == "postgresql":
+        return column == any_(literal(list(values), postgresql.ARRAY(String)))
+    listed = func.json_each(literal(json.dumps(list(values)), String)).table_valued("value")
+    return column.in_(select(listed.c.value))
 
 
 def plan_for_values(session: Session | Connection) -> None:

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement
 
 from activities import suppression
-from activities.db import DeliveryRow, ProfileRow, utcnow
+from activities.db import DeliveryRow, ProfileRow, dialect_of, is_one_of, utcnow
 from activities.finishes import write_finish
 from activities.profiles import write_session
 from parcours.contracts import DeliveryResult, DeliveryStatus, EntryFinished, SendMessageInput
@@ -304,7 +304,7 @@ def marketing_sent(
     rows = session.execute(
         select(DeliveryRow.profile_id, func.count())
         .where(
-            DeliveryRow.profile_id.in_(profile_ids),
+            is_one_of(DeliveryRow.profile_id, profile_ids, dialect_of(session)),
             DeliveryRow.channel == channel,
             DeliveryRow.sent_at >= since,
             DeliveryRow.priority == "marketing",

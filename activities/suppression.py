@@ -14,7 +14,7 @@ from sqlalchemy import bindparam, delete, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from activities.db import SuppressionRow, utcnow
+from activities.db import SuppressionRow, dialect_of, is_one_of, utcnow
 from parcours.records import Profile
 
 OPTED_OUT = "opted_out"
@@ -46,7 +46,10 @@ def reason_for(
     """Why a message to this profile and address must not go, or None when it may."""
     if opted_out(profile, channel):
         return OPTED_OUT
-    return suppressed_addresses(session, channel, [address]).get(address)
+    reason: str | None = session.scalar(
+        _SUPPRESSION_REASON, {"channel": channel, "address": address}
+    )
+    return reason
 
 
 class Consenting(Protocol):
@@ -66,14 +69,18 @@ def suppressed_addresses(
     """The suppressed ones among `addresses`, with their reasons."""
     if not addresses:
         return {}
-    rows = session.execute(_SUPPRESSED, {"channel": channel, "addresses": list(addresses)})
+    rows = session.execute(
+        select(SuppressionRow.address, SuppressionRow.reason).where(
+            SuppressionRow.channel == channel,
+            is_one_of(SuppressionRow.address, addresses, dialect_of(session)),
+        )
+    )
     return {address: reason for address, reason in rows}
 
 
 # Built once, bound at each execution: every message is checked against it.
-_SUPPRESSED = select(SuppressionRow.address, SuppressionRow.reason).where(
-    SuppressionRow.channel == bindparam("channel"),
-    SuppressionRow.address.in_(bindparam("addresses", expanding=True)),
+_SUPPRESSION_REASON = select(SuppressionRow.reason).where(
+    SuppressionRow.channel == bindparam("channel"), SuppressionRow.address == bindparam("address")
 )
 
 

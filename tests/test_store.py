@@ -322,3 +322,29 @@ def test_ordered_ids_are_distinct_uuid7s_in_time_order() -> None:
     assert max(stamps[:1000]) < min(stamps[1000:])
     assert abs(stamps[-1] - time.time_ns() // 1_000_000) < 5_000
     assert db.ordered_ids(0) == []
+
+
+def test_is_one_of_finds_exactly_the_listed_values_through_one_parameter(engine: Engine) -> None:
+    awkward = ["a'b", 'quote"d', "ünï", "comma,and]bracket", "back\\slash", "x" * 300]
+    with engine.begin() as connection:
+        for n, address in enumerate([*awkward, "other", "also-other"]):
+            connection.execute(
+                db.SuppressionRow.__table__.insert().values(
+                    channel="email", address=address, reason="bounced", source=f"t{n}",
+                    created_at=utcnow(),
+                )
+            )  # fmt: skip
+    column = db.SuppressionRow.address
+    listed = [*awkward, "never-stored"] * 200  # a page's worth, with repeats
+    condition = db.is_one_of(column, listed, engine.dialect.name)
+    # As the driver gets it: an IN list would be a parameter per value.
+    compiled = condition.compile(
+        dialect=engine.dialect, compile_kwargs={"render_postcompile": True}
+    )
+    assert len(compiled.params) == 1
+    with engine.connect() as connection:
+        found = connection.scalars(select(column).where(condition)).all()
+        none = connection.scalars(
+            select(column).where(db.is_one_of(column, [], engine.dialect.name))
+        ).all()
+    assert sorted(found) == sorted(awkward) and none == []
