@@ -289,7 +289,7 @@ Measured by `bench/campaigns.py` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC (the 
 
 - Command: `{command()}` (`make bench` runs it too)
 - Machine: {machine()}
-- Setup: {results.recipients:,} profiles in a newsletter segment (loaded in {results.load_seconds:.0f} s), SQLite store in a temp dir; the Temporal dev server in memory; the fake SendGrid of `tests/fakes` on 127.0.0.1 in a process of its own (it parses and records every personalization; both sides post to it alike); the worker and the baseline share one Python process, and the worker sends pages from processes of its own. Rounds alternate after an uncounted warm-up run.
+- Setup: {results.recipients:,} profiles in a newsletter segment (loaded in {results.load_seconds:.0f} s), SQLite store in a temp dir; the Temporal dev server in memory; the fake SendGrid of `tests/fakes` on 127.0.0.1 in a process of its own (it parses and records every personalization, and sets what it recorded aside from its garbage collector; both sides post to it alike); the worker and the baseline share one Python process, and the worker sends pages from processes of its own. Rounds alternate after an uncounted warm-up run.
 
 | figure | goal | median | spread (min{DASH}max) | |
 |---|---|---|---|---|
