@@ -368,6 +368,17 @@ class PageSender:
             )
         return [member for key, member in keys.items() if key in targets]
 
+    def _request_tag(self, seq: int) -> str:
+        """The tag (custom arg `PAGE_TAG`) of the SendGrid request that carries recipient `seq`.
+
+        A page's recipients go in requests by their numbers in the snapshot, each 1,000 from the
+        page's first in one request tagged with the first of them: `sent_to` answers at most
+        1,000 mails a query, so a request whose outcome is unknown is always looked up whole.
+        A follow-up's requests are tagged apart from those of the first message."""
+        first = seq - (seq - self.page.from_seq) % MAX_PERSONALIZATIONS
+        suffix = "/follow-up" if self.page.follow_up else ""
+        return f"{self.page.run_id}/{first}{suffix}"
+
     def _key(self, profile_id: str) -> str:
         suffix = "/follow-up" if self.page.follow_up else ""
         return f"{self.page.run_id}/{profile_id}{suffix}"
@@ -436,8 +447,14 @@ class PageSender:
                 else:
                     self._settle(recipient, "sent", None, provider=sender.provider, message_id=sid)
             return
-        taken = sender.sent_to(PAGE_TAG, self.tag) if isinstance(sender, SendGridEmail) else None
+        lookups: dict[str, dict[str, str] | None] = {}
         for recipient in unknown:
+            tag = self._request_tag(recipient.seq)
+            if tag not in lookups:
+                lookups[tag] = (
+                    sender.sent_to(PAGE_TAG, tag) if isinstance(sender, SendGridEmail) else None
+                )
+            taken = lookups[tag]
             if taken is None:
                 self._settle(recipient, "failed", ledger.UNKNOWN_OUTCOME)
                 continue
@@ -520,15 +537,21 @@ class PageSender:
             self._send_each(sender, admitted)
 
     def _send_email(self, sender: SendGridEmail, admitted: list[_Recipient]) -> None:
-        bulk: list[_Recipient] = []
+        requests: dict[str, list[_Recipient]] = {}
         single: list[_Recipient] = []
         for r in admitted:
-            (bulk if _substitutable(r.message) else single).append(r)
-        for start in range(0, len(bulk), MAX_PERSONALIZATIONS):
-            batch = bulk[start : start + MAX_PERSONALIZATIONS]
+            assert r.message is not None
+            tag = self._request_tag(r.seq)
+            if _substitutable(r.message):
+                requests.setdefault(tag, []).append(r)
+            else:
+                # Tagged like the request it would have gone in, to be found the same way.
+                r.message.correlation[PAGE_TAG] = tag
+                single.append(r)
+        for tag, batch in requests.items():
             try:
                 message_id = sender.send_bulk(
-                    [r.message for r in batch if r.message], {PAGE_TAG: self.tag}
+                    [r.message for r in batch if r.message], {PAGE_TAG: tag}
                 )
             except ProviderError as exc:
                 for r in batch:

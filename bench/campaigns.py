@@ -49,6 +49,7 @@ from parcours import ParcoursPlugin
 from parcours.definitions import Segment
 from parcours.settings import Settings
 from starter.campaigns import start_run
+from workflows.campaign import PAGE_SIZE
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -301,7 +302,7 @@ Measured by `bench/campaigns.py` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC (the 
 
 {cpu_table(results)}
 
-Actions are counted in the last run's histories (every run of its continue-as-new chain): workflow starts, signals, timers, scheduled activities and search-attribute upserts; it sent {results.pages} pages of up to 1,000. What a campaign does beyond the bare loop, per recipient: a ledger row claimed before the send and settled after it (exactly-once), consent, suppression and frequency-cap checks, and a Jinja render in the sandbox.
+Actions are counted in the last run's histories (every run of its continue-as-new chain): workflow starts, signals, timers, scheduled activities and search-attribute upserts; it sent {results.pages} pages of up to {PAGE_SIZE:,} (SendGrid requests of up to 1,000). What a campaign does beyond the bare loop, per recipient: a ledger row claimed before the send and settled after it (exactly-once), consent, suppression and frequency-cap checks, and a Jinja render in the sandbox.
 """
 
 

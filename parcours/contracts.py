@@ -189,6 +189,9 @@ class CampaignInput(BaseModel):
 
 class CampaignProgress(BaseModel):
     audience: int
+    # Recipients per page, fixed when the run starts; runs started before pages of 2,000 have
+    # none recorded.
+    page_size: int = 1000
     # Snapshot rows are numbered from 1.
     next_seq: int = 1
     sent: int = 0

@@ -75,8 +75,8 @@ WAIT_CONTINUES = "wait-continues"
 WAIT_HISTORY_LIMIT = 30
 # A campaign run: snapshot, pages paced by the rate limit, the follow-up, the report.
 CAMPAIGN = "campaign-weekly-digest"
-# Five pages: more than the pages in flight, so every lane sends one.
-CAMPAIGN_AUDIENCE = 4500
+# Five pages of 2,000: more than the pages in flight, so every lane sends one.
+CAMPAIGN_AUDIENCE = 8500
 # What a campaign's Schedule starts: a run, or nothing while the previous run still goes.
 SCHEDULE_STARTS = "campaign-schedule-starts"
 SCHEDULE_SKIPS = "campaign-schedule-skips"

@@ -1,4 +1,4 @@
-"""Campaign runs: one workflow per run, pages of 1,000, each reachable member exactly once."""
+"""Campaign runs: one workflow per run, pages of 2,000, each reachable member exactly once."""
 
 from __future__ import annotations
 
@@ -15,14 +15,18 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from activities import suppression
 from activities.apply import apply_paths
-from activities.campaigns import MAX_SUBSTITUTED_BYTES, _substitutable
+from activities.campaigns import MAX_SUBSTITUTED_BYTES, PageSender, _substitutable
+from activities.campaigns import start_run as start_campaign_run
+from activities.channels import configured_senders
 from activities.channels.base import Outgoing
 from activities.db import DeliveryRow
 from activities.profiles import profile_update, upsert_profiles
+from parcours.contracts import CampaignPage, StartRun
 from parcours.loader import load_paths
 from parcours.settings import Settings
 from starter.campaigns import start_run
@@ -110,7 +114,7 @@ async def test_a_run_sends_every_reachable_member_exactly_once_and_reports_the_o
         "bounced": len(set(BOUNCED) - set(OPTED_OUT)),
     }
     assert report.failed == {}
-    # One request per page of 1,000, not one per recipient.
+    # One request per 1,000 recipients, not one per recipient.
     assert fake_sendgrid.attempts <= 2 * (AUDIENCE // 1000 + 1)
 
     # The follow-up, two days later, went to those who did not open (all of them here).
@@ -121,7 +125,59 @@ async def test_a_run_sends_every_reachable_member_exactly_once_and_reports_the_o
     scheduled = [
         e for e in history.events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
     ]
-    assert len(scheduled) <= 2 + 2 * (AUDIENCE // 1000 + 1)
+    # One activity per page of 2,000 (twice: the first message, then the follow-up).
+    assert len(scheduled) <= 2 + 2 * (AUDIENCE // 2000 + 1)
+
+
+@pytest.mark.parametrize("follow_up", [False, True], ids=["first", "follow-up"])
+def test_a_page_whose_requests_timed_out_after_sendgrid_took_them_is_not_sent_again(
+    engine: Engine,
+    settings: Settings,
+    fake_sendgrid: FakeSendGrid,
+    digest: None,
+    follow_up: bool,
+) -> None:
+    settings = with_providers(settings, sendgrid=fake_sendgrid).model_copy(
+        update={"provider_timeout_seconds": 0.5}
+    )
+    audience(engine, 2000)
+    now = datetime.now(UTC)
+    run_id = "campaign:weekly-digest:2026-11-29T09:00:00Z"
+    plan = start_campaign_run(engine, StartRun(campaign_id="weekly-digest", run_id=run_id, now=now))
+    senders = configured_senders(settings)
+
+    def page(follow_up: bool) -> PageSender:
+        at = now + timedelta(days=2) if follow_up else now
+        request = CampaignPage(
+            run_id=run_id, campaign=plan.campaign, from_seq=1, limit=2000, now=at,
+            follow_up=follow_up,
+        )  # fmt: skip
+        return PageSender(engine, settings.delivery, senders, settings, request)
+
+    if follow_up:
+        page(False).run()
+    first_pass = len(fake_sendgrid.requests)
+    # Both of the page's requests (SendGrid takes 1,000 each) answer after the client gave up;
+    # SendGrid keeps their mails.
+    fake_sendgrid.hang_next(1.5, times=2)
+    with pytest.raises(ApplicationError, match="could not be sent yet"):
+        page(follow_up).run()
+    fake_sendgrid.wait_for(first_pass + len(reachable(2000)), timeout=30)
+    page(follow_up).run()
+
+    mails = fake_sendgrid.requests[first_pass:]
+    assert Counter(m.to[0] for m in mails) == Counter(reachable(2000)), "each once, none again"
+    assert fake_sendgrid.attempts == (4 if follow_up else 2)
+    with Session(engine) as session:
+        rows = [
+            row
+            for row in session.scalars(select(DeliveryRow).where(DeliveryRow.workflow_id == run_id))
+            if row.idempotency_key.endswith("/follow-up") == follow_up
+        ]
+    # Found through Email Activity, each with the id of the request that carried it.
+    sent = [r for r in rows if r.status == "sent"]
+    assert {r.status for r in rows} <= {"sent", "suppressed"} and len(sent) == len(reachable(2000))
+    assert {r.provider_message_id for r in sent} == {m.message_id.split(".")[0] for m in mails}
 
 
 async def test_a_run_can_be_paused_resumed_and_queried(
