@@ -8,21 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections import Counter
+from collections import Counter, namedtuple
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
+from pydantic_core import from_json
 from sqlalchemy import (
     String,
     Table,
     bindparam,
+    case,
     delete,
     func,
     insert,
     literal,
+    literal_column,
     select,
     type_coerce,
     update,
@@ -50,7 +53,6 @@ from activities.db import (
     CampaignRunRow,
     DeliveryRow,
     ProfileRow,
-    UTCDateTime,
     insert_many,
     is_one_of,
     ordered_ids,
@@ -91,16 +93,62 @@ PROFILE_COLUMNS = tuple(
         "updated_at",
     )
 )
-# SQLite keeps times as text: read as such, `profile_json` writes them out without parsing.
-_SQLITE_PROFILE_COLUMNS = tuple(
-    type_coerce(c, String).label(c.name) if isinstance(c.type, UTCDateTime) else c
-    for c in PROFILE_COLUMNS
-)
+_ProfileColumns = namedtuple("_ProfileColumns", [c.name for c in PROFILE_COLUMNS])  # type: ignore[misc]
+
+
+def _sqlite_json_time(column: ColumnElement[Any]) -> ColumnElement[str]:
+    """A time as SQLAlchemy keeps it in SQLite ("2026-11-29 04:40:15.123456") written as
+    pydantic writes it: "2026-11-29T04:40:15.123456Z", with no fraction when it is zero."""
+    text = type_coerce(column, String)
+    return func.replace(func.substr(text, 1, 10) + "T" + func.substr(text, 12), ".000000", "") + "Z"
+
+
+def _sqlite_json(column: ColumnElement[Any], empty: str) -> ColumnElement[Any]:
+    return func.json(func.coalesce(type_coerce(column, String), literal_column(f"'{empty}'")))
+
+
+# On SQLite the database writes each profile's JSON form itself: a page then parses one text
+# per recipient, where converting ten columns, parsing three JSON texts and writing the dict
+# cost it 3 ms more per 1,000 recipients. NULL for a profile erased since the snapshot.
+_SQLITE_PROFILE_JSON = case(
+    (
+        PROFILES.c.id.is_not(None),
+        func.json_object(
+            *(
+                part
+                for name, value in (
+                    ("id", PROFILES.c.id),
+                    ("email", PROFILES.c.email),
+                    ("phone", PROFILES.c.phone),
+                    ("timezone", PROFILES.c.timezone),
+                    ("locale", PROFILES.c.locale),
+                    ("attributes", _sqlite_json(PROFILES.c.attributes, "{}")),
+                    ("consent", _sqlite_json(PROFILES.c.consent, "{}")),
+                    ("device_tokens", _sqlite_json(PROFILES.c.device_tokens, "[]")),
+                    ("created_at", _sqlite_json_time(PROFILES.c.created_at)),
+                    ("updated_at", _sqlite_json_time(PROFILES.c.updated_at)),
+                )
+                for part in (literal_column(f"'{name}'"), value)
+            )
+        ),
+    )
+).label("profile")
 
 
 def profile_columns(dialect: str) -> tuple[ColumnElement[Any], ...]:
-    """The profile columns a page reads, in `_Profile`'s order, for `profile_json`."""
-    return _SQLITE_PROFILE_COLUMNS if dialect == "sqlite" else PROFILE_COLUMNS
+    """What a page reads of each profile, for `page_profile`."""
+    return (_SQLITE_PROFILE_JSON,) if dialect == "sqlite" else PROFILE_COLUMNS
+
+
+def page_profile(values: Sequence[Any]) -> dict[str, Any] | None:
+    """A profile's JSON form, as `Profile.model_dump(mode="json")` gives it, from what
+    `profile_columns` read; None for a profile erased since the snapshot."""
+    if values[0] is None:
+        return None
+    if len(values) == 1:
+        profile: dict[str, Any] = from_json(values[0])
+        return profile
+    return profile_json(_ProfileColumns(*values))
 
 
 # Bodies longer than SendGrid's substitution limit go out one request each.
@@ -232,20 +280,22 @@ def start_run(engine: Engine, request: StartRun) -> RunPlan:
 
 @dataclass(slots=True)
 class _Profile:
-    """A profile's columns as a page reads them, in the order of `PROFILE_COLUMNS`: read by
-    attribute a dozen times per recipient, which costs less on this than on a result row."""
+    """A profile as a page reads it: its JSON form (what templates see), and the fields its
+    checks read a dozen times per recipient, which costs less as attributes than as keys."""
 
-    id: str
+    json: dict[str, Any]
     email: str | None
     phone: str | None
     timezone: str | None
-    locale: str | None
-    attributes: dict[str, Any] | None
-    consent: dict[str, Any] | None
-    device_tokens: list[str] | None
-    # SQLite's text for them (`profile_columns`), datetimes elsewhere.
-    created_at: datetime | str | None
-    updated_at: datetime | str | None
+    consent: dict[str, Any]
+    device_tokens: list[str]
+
+    @classmethod
+    def of(cls, json: dict[str, Any]) -> _Profile:
+        return cls(
+            json, json["email"], json["phone"], json["timezone"], json["consent"],
+            json["device_tokens"],
+        )  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -422,7 +472,8 @@ class PageSender:
             if row is None:
                 row = {"id": next(ids), "idempotency_key": key, "profile_id": member.profile_id}
                 row.update(blank)
-            profile = _Profile(*member[2:]) if member.id is not None else None  # type: ignore[call-arg]
+            json = page_profile(member[2:])
+            profile = _Profile.of(json) if json is not None else None
             recipient = _Recipient(member.seq, member.profile_id, profile, row, fresh)
             if profile is None and row["status"] in ("queued", "sending"):
                 self._settle(recipient, "failed", f"profile {member.profile_id!r} was erased")
@@ -495,7 +546,7 @@ class PageSender:
                 self._settle(recipient, "suppressed", reason)
                 continue
             try:
-                rendered = renderer.render_profile(self.settings, profile_json(profile))
+                rendered = renderer.render_profile(self.settings, profile.json)
             except RenderError as exc:
                 self._settle(recipient, "failed", str(exc))
                 continue

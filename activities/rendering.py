@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import types
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import cache, lru_cache
 from typing import Any
 
@@ -135,26 +135,12 @@ def profile_json(row: Any) -> dict[str, Any]:
     }
 
 
-def _json_time(value: datetime | str | None) -> str | None:
+def _json_time(value: datetime | None) -> str | None:
     if value is None:
         return None
-    if isinstance(value, str):
-        return _json_time_of_sqlite_text(value)
     # pydantic writes a zero offset as "Z".
     text = value.isoformat()
     return text[:-6] + "Z" if text.endswith("+00:00") else text
-
-
-def _json_time_of_sqlite_text(text: str) -> str | None:
-    """A UTC time as SQLite keeps it ("2026-11-29 04:40:15.123456"), in pydantic's JSON form:
-    the same digits with a "T", no zero fraction, and a "Z". A campaign page reads its
-    profiles' times as that text, and skips parsing two times per recipient only to write them
-    out again."""
-    if len(text) == 26 and text[10] == " " and text[19] == ".":
-        fraction = "" if text.endswith(".000000") else text[19:]
-        return f"{text[:10]}T{text[11:19]}{fraction}Z"
-    parsed = datetime.fromisoformat(text)
-    return _json_time(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
 
 
 def message_context(

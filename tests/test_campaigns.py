@@ -10,7 +10,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from temporalio.api.enums.v1 import EventType
@@ -24,7 +24,8 @@ from activities.campaigns import MAX_SUBSTITUTED_BYTES, PageSender, _substitutab
 from activities.campaigns import start_run as start_campaign_run
 from activities.channels import configured_senders
 from activities.channels.base import Outgoing
-from activities.db import DeliveryRow
+from activities.db import DeliveryRow, ProfileRow
+from activities.erasure import erase_profile
 from activities.profiles import profile_update, upsert_profiles
 from parcours.contracts import CampaignPage, StartRun
 from parcours.loader import load_paths
@@ -178,6 +179,36 @@ def test_a_page_whose_requests_timed_out_after_sendgrid_took_them_is_not_sent_ag
     sent = [r for r in rows if r.status == "sent"]
     assert {r.status for r in rows} <= {"sent", "suppressed"} and len(sent) == len(reachable(2000))
     assert {r.provider_message_id for r in sent} == {m.message_id.split(".")[0] for m in mails}
+
+
+def test_members_gone_after_the_snapshot_are_not_sent_to_and_the_others_are(
+    engine: Engine, settings: Settings, fake_sendgrid: FakeSendGrid, digest: None
+) -> None:
+    settings = with_providers(settings, sendgrid=fake_sendgrid)
+    audience(engine, 50)
+    run_id = "campaign:weekly-digest:2026-11-29T09:00:00Z"
+    now = datetime.now(UTC)
+    plan = start_campaign_run(engine, StartRun(campaign_id="weekly-digest", run_id=run_id, now=now))
+    # Erased: gone from the snapshot too. Deleted some other way: still a member, failed.
+    erase_profile(engine, "p00001")
+    with engine.begin() as connection:
+        connection.execute(delete(ProfileRow).where(ProfileRow.id == "p00002"))
+    page = CampaignPage(run_id=run_id, campaign=plan.campaign, from_seq=1, limit=2000, now=now)
+    result = PageSender(
+        engine, settings.delivery, configured_senders(settings), settings, page
+    ).run()
+
+    assert (result.sent, result.failed) == (len(reachable(50)) - 2, 1)
+    with Session(engine) as session:
+        rows = session.scalars(
+            select(DeliveryRow).where(DeliveryRow.profile_id.in_(["p00001", "p00002"]))
+        ).all()
+    assert [(r.profile_id, r.status, r.reason) for r in rows] == [
+        ("p00002", "failed", "profile 'p00002' was erased")
+    ]
+    received = {m.to[0] for m in fake_sendgrid.requests}
+    assert received == set(reachable(50)) - {"p00001@example.com", "p00002@example.com"}
+    assert "Your week at Parcours, P3" in {m.subject for m in fake_sendgrid.requests}
 
 
 async def test_a_run_can_be_paused_resumed_and_queried(
