@@ -24,7 +24,7 @@ from activities.campaigns import MAX_SUBSTITUTED_BYTES, PageSender, _substitutab
 from activities.campaigns import start_run as start_campaign_run
 from activities.channels import configured_senders
 from activities.channels.base import Outgoing
-from activities.db import DeliveryRow, ProfileRow
+from activities.db import CampaignAudienceRow, DeliveryRow, ProfileRow
 from activities.erasure import erase_profile
 from activities.profiles import profile_update, upsert_profiles
 from parcours.contracts import CampaignPage, StartRun
@@ -179,6 +179,24 @@ def test_a_page_whose_requests_timed_out_after_sendgrid_took_them_is_not_sent_ag
     sent = [r for r in rows if r.status == "sent"]
     assert {r.status for r in rows} <= {"sent", "suppressed"} and len(sent) == len(reachable(2000))
     assert {r.provider_message_id for r in sent} == {m.message_id.split(".")[0] for m in mails}
+
+
+def test_each_snapshot_numbers_its_members_from_one_in_id_order(
+    engine: Engine, digest: None
+) -> None:
+    audience(engine, 30)
+    members = sorted(f"p{i:05d}" for i in range(30))
+    for run_id in ("campaign:weekly-digest:2026-11-29T09:00:00Z", "campaign:weekly-digest:again"):
+        plan = start_campaign_run(
+            engine, StartRun(campaign_id="weekly-digest", run_id=run_id, now=datetime.now(UTC))
+        )
+        with Session(engine) as session:
+            rows = session.execute(
+                select(CampaignAudienceRow.seq, CampaignAudienceRow.profile_id)
+                .where(CampaignAudienceRow.run_id == run_id)
+                .order_by(CampaignAudienceRow.seq)
+            ).all()
+        assert plan.audience == 30 and [tuple(r) for r in rows] == list(enumerate(members, 1))
 
 
 def test_members_gone_after_the_snapshot_are_not_sent_to_and_the_others_are(
