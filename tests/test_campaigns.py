@@ -181,6 +181,37 @@ def test_a_page_whose_requests_timed_out_after_sendgrid_took_them_is_not_sent_ag
     assert {r.provider_message_id for r in sent} == {m.message_id.split(".")[0] for m in mails}
 
 
+def test_a_mail_too_long_for_a_bulk_request_is_found_by_its_tag_and_not_sent_again(
+    engine: Engine, settings: Settings, fake_sendgrid: FakeSendGrid, tmp_path: Path
+) -> None:
+    defs = one_pass_digest(tmp_path / "defs")
+    templates = defs / "templates.yaml"
+    long_html = "  <p>" + "A long digest. " * 700 + "</p>\n"  # past the substitutions' limit
+    templates.write_text(
+        templates.read_text().replace("  <p>Here is what happened this week.</p>\n", long_html, 1)
+    )
+    apply_paths(engine, [defs])
+    settings = with_providers(settings, sendgrid=fake_sendgrid).model_copy(
+        update={"provider_timeout_seconds": 0.5}
+    )
+    audience(engine, 3)
+    run_id = "campaign:weekly-digest:2026-11-29T09:00:00Z"
+    now = datetime.now(UTC)
+    plan = start_campaign_run(engine, StartRun(campaign_id="weekly-digest", run_id=run_id, now=now))
+    page = CampaignPage(run_id=run_id, campaign=plan.campaign, from_seq=1, limit=2000, now=now)
+    senders = configured_senders(settings)
+    # Each goes alone and answers after the client gave up; SendGrid keeps both.
+    fake_sendgrid.hang_next(1.5, times=2)
+    with pytest.raises(ApplicationError, match="could not be sent yet"):
+        PageSender(engine, settings.delivery, senders, settings, page).run()
+    fake_sendgrid.wait_for(2, timeout=30)
+    result = PageSender(engine, settings.delivery, senders, settings, page).run()
+
+    assert result.sent == 2 and fake_sendgrid.attempts == 2
+    assert sorted(m.to[0] for m in fake_sendgrid.requests) == reachable(3)
+    assert all(len(m.html or "") > MAX_SUBSTITUTED_BYTES for m in fake_sendgrid.requests)
+
+
 def test_each_snapshot_numbers_its_members_from_one_in_id_order(
     engine: Engine, digest: None
 ) -> None:
