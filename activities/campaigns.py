@@ -376,6 +376,8 @@ class PageSender:
         self.channel = self.campaign.channel
         self.now = send_clock(page.now)
         self.tag = f"{page.run_id}/{page.from_seq}"
+        # What sets a follow-up's ledger keys and request tags apart from the first message's.
+        self._suffix = "/follow-up" if page.follow_up else ""
         self.result = PageResult(next_seq=page.from_seq)
         self.release: list[str] = []
         # Existing rows whose state changed, by id, written back row by row.
@@ -413,8 +415,8 @@ class PageSender:
     # -- steps -------------------------------------------------------------------------------
 
     def _members(self) -> list[Row[Any]]:
-        """The page's members in snapshot order, each with its profile's columns (all None
-        when the profile was erased since)."""
+        """The page's members in snapshot order, each with what `profile_columns` reads of its
+        profile (NULL when the profile is gone since)."""
         query = (
             select(AUDIENCE.c.seq, AUDIENCE.c.profile_id, *profile_columns(self.dialect))
             .select_from(AUDIENCE.outerjoin(PROFILES, PROFILES.c.id == AUDIENCE.c.profile_id))
@@ -452,12 +454,10 @@ class PageSender:
         1,000 mails a query, so a request whose outcome is unknown is always looked up whole.
         A follow-up's requests are tagged apart from those of the first message."""
         first = seq - (seq - self.page.from_seq) % MAX_PERSONALIZATIONS
-        suffix = "/follow-up" if self.page.follow_up else ""
-        return f"{self.page.run_id}/{first}{suffix}"
+        return f"{self.page.run_id}/{first}{self._suffix}"
 
     def _key(self, profile_id: str) -> str:
-        suffix = "/follow-up" if self.page.follow_up else ""
-        return f"{self.page.run_id}/{profile_id}{suffix}"
+        return f"{self.page.run_id}/{profile_id}{self._suffix}"
 
     def _claim(self, members: Sequence[Row[Any]]) -> list[_Recipient]:
         """Every recipient with its ledger row: the existing one (a retried or held page), or
