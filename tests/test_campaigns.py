@@ -27,7 +27,7 @@ from activities.channels.base import Outgoing
 from activities.db import CampaignAudienceRow, DeliveryRow, ProfileRow
 from activities.erasure import erase_profile
 from activities.profiles import profile_update, upsert_profiles
-from parcours.contracts import CampaignPage, StartRun
+from parcours.contracts import CampaignPage, RunPlan, StartRun
 from parcours.loader import load_paths
 from parcours.settings import Settings
 from starter.campaigns import start_run
@@ -95,6 +95,30 @@ def digest(engine: Engine, tmp_path: Path) -> None:
     apply_paths(engine, [tmp_path / "digest"])
 
 
+RUN_ID = "campaign:weekly-digest:2026-11-29T09:00:00Z"
+
+
+def snapshot(engine: Engine, run_id: str = RUN_ID) -> RunPlan:
+    """A weekly digest run started now by its first activity: the audience snapshot."""
+    request = StartRun(campaign_id="weekly-digest", run_id=run_id, now=datetime.now(UTC))
+    return start_campaign_run(engine, request)
+
+
+def first_page(
+    engine: Engine, settings: Settings, plan: RunPlan, follow_up: bool = False
+) -> PageSender:
+    """The run's first page, up to 2,000, as its activity sends it (a follow-up two days on)."""
+    page = CampaignPage(
+        run_id=RUN_ID,
+        campaign=plan.campaign,
+        from_seq=1,
+        limit=2000,
+        now=datetime.now(UTC) + timedelta(days=2 if follow_up else 0),
+        follow_up=follow_up,
+    )
+    return PageSender(engine, settings.delivery, configured_senders(settings), settings, page)
+
+
 async def test_a_run_sends_every_reachable_member_exactly_once_and_reports_the_others(
     client: Client, engine: Engine, settings: Settings, fake_sendgrid: FakeSendGrid, digest: None
 ) -> None:
@@ -142,29 +166,17 @@ def test_a_page_whose_requests_timed_out_after_sendgrid_took_them_is_not_sent_ag
         update={"provider_timeout_seconds": 0.5}
     )
     audience(engine, 2000)
-    now = datetime.now(UTC)
-    run_id = "campaign:weekly-digest:2026-11-29T09:00:00Z"
-    plan = start_campaign_run(engine, StartRun(campaign_id="weekly-digest", run_id=run_id, now=now))
-    senders = configured_senders(settings)
-
-    def page(follow_up: bool) -> PageSender:
-        at = now + timedelta(days=2) if follow_up else now
-        request = CampaignPage(
-            run_id=run_id, campaign=plan.campaign, from_seq=1, limit=2000, now=at,
-            follow_up=follow_up,
-        )  # fmt: skip
-        return PageSender(engine, settings.delivery, senders, settings, request)
-
+    plan = snapshot(engine)
     if follow_up:
-        page(False).run()
+        first_page(engine, settings, plan).run()
     first_pass = len(fake_sendgrid.requests)
     # Both of the page's requests (SendGrid takes 1,000 each) answer after the client gave up;
     # SendGrid keeps their mails.
     fake_sendgrid.hang_next(1.5, times=2)
     with pytest.raises(ApplicationError, match="could not be sent yet"):
-        page(follow_up).run()
+        first_page(engine, settings, plan, follow_up).run()
     fake_sendgrid.wait_for(first_pass + len(reachable(2000)), timeout=30)
-    page(follow_up).run()
+    first_page(engine, settings, plan, follow_up).run()
 
     mails = fake_sendgrid.requests[first_pass:]
     assert Counter(m.to[0] for m in mails) == Counter(reachable(2000)), "each once, none again"
@@ -172,7 +184,7 @@ def test_a_page_whose_requests_timed_out_after_sendgrid_took_them_is_not_sent_ag
     with Session(engine) as session:
         rows = [
             row
-            for row in session.scalars(select(DeliveryRow).where(DeliveryRow.workflow_id == run_id))
+            for row in session.scalars(select(DeliveryRow).where(DeliveryRow.workflow_id == RUN_ID))
             if row.idempotency_key.endswith("/follow-up") == follow_up
         ]
     # Found through Email Activity, each with the id of the request that carried it.
@@ -195,17 +207,13 @@ def test_a_mail_too_long_for_a_bulk_request_is_found_by_its_tag_and_not_sent_aga
         update={"provider_timeout_seconds": 0.5}
     )
     audience(engine, 3)
-    run_id = "campaign:weekly-digest:2026-11-29T09:00:00Z"
-    now = datetime.now(UTC)
-    plan = start_campaign_run(engine, StartRun(campaign_id="weekly-digest", run_id=run_id, now=now))
-    page = CampaignPage(run_id=run_id, campaign=plan.campaign, from_seq=1, limit=2000, now=now)
-    senders = configured_senders(settings)
+    plan = snapshot(engine)
     # Each goes alone and answers after the client gave up; SendGrid keeps both.
     fake_sendgrid.hang_next(1.5, times=2)
     with pytest.raises(ApplicationError, match="could not be sent yet"):
-        PageSender(engine, settings.delivery, senders, settings, page).run()
+        first_page(engine, settings, plan).run()
     fake_sendgrid.wait_for(2, timeout=30)
-    result = PageSender(engine, settings.delivery, senders, settings, page).run()
+    result = first_page(engine, settings, plan).run()
 
     assert result.sent == 2 and fake_sendgrid.attempts == 2
     assert sorted(m.to[0] for m in fake_sendgrid.requests) == reachable(3)
@@ -217,10 +225,8 @@ def test_each_snapshot_numbers_its_members_from_one_in_id_order(
 ) -> None:
     audience(engine, 30)
     members = sorted(f"p{i:05d}" for i in range(30))
-    for run_id in ("campaign:weekly-digest:2026-11-29T09:00:00Z", "campaign:weekly-digest:again"):
-        plan = start_campaign_run(
-            engine, StartRun(campaign_id="weekly-digest", run_id=run_id, now=datetime.now(UTC))
-        )
+    for run_id in (RUN_ID, "campaign:weekly-digest:again"):
+        plan = snapshot(engine, run_id)
         with Session(engine) as session:
             rows = session.execute(
                 select(CampaignAudienceRow.seq, CampaignAudienceRow.profile_id)
@@ -235,17 +241,12 @@ def test_members_gone_after_the_snapshot_are_not_sent_to_and_the_others_are(
 ) -> None:
     settings = with_providers(settings, sendgrid=fake_sendgrid)
     audience(engine, 50)
-    run_id = "campaign:weekly-digest:2026-11-29T09:00:00Z"
-    now = datetime.now(UTC)
-    plan = start_campaign_run(engine, StartRun(campaign_id="weekly-digest", run_id=run_id, now=now))
+    plan = snapshot(engine)
     # Erased: gone from the snapshot too. Deleted some other way: still a member, failed.
     erase_profile(engine, "p00001")
     with engine.begin() as connection:
         connection.execute(delete(ProfileRow).where(ProfileRow.id == "p00002"))
-    page = CampaignPage(run_id=run_id, campaign=plan.campaign, from_seq=1, limit=2000, now=now)
-    result = PageSender(
-        engine, settings.delivery, configured_senders(settings), settings, page
-    ).run()
+    result = first_page(engine, settings, plan).run()
 
     assert (result.sent, result.failed) == (len(reachable(50)) - 2, 1)
     with Session(engine) as session:
