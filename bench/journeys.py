@@ -69,10 +69,10 @@ from bench.report import (  # noqa: E402
     cpu_seconds,
     machine,
     spread,
-    stat_fields,
     verdict,
     write_docs,
 )
+from tests.stack import descendants  # noqa: E402
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Journeys"
@@ -143,14 +143,12 @@ class CpuClock:
 
 def _child_pid() -> int | None:
     # The SDK spawns the dev server itself and does not expose its pid.
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for pid in descendants(os.getpid()):
         try:
-            text = stat.read_text()
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "temporal":
+                return pid
         except OSError:
             continue  # exited while we looked
-        name = text[text.index("(") + 1 : text.rindex(")")]
-        if name == "temporal" and int(stat_fields(text)[1]) == os.getpid():
-            return int(stat.parent.name)
     return None
 
 

@@ -10,6 +10,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from tests.stack import stat_fields
+
 ROOT = Path(__file__).resolve().parent.parent
 DASH = "\N{EN DASH}"
 HEADER = "# Benchmarks\n\nEach `##` section is written by the script it names: run that script again to refresh it.\n"
@@ -38,12 +40,6 @@ def spread(values: Sequence[float], digits: int = 2) -> str:
 
 def verdict(ok: bool) -> str:
     return "met" if ok else "**missed**"
-
-
-def stat_fields(text: str) -> list[str]:
-    """The fields of a `/proc/PID/stat` line after the command name, which may hold spaces:
-    everything after its closing parenthesis is fixed."""
-    return text[text.rindex(")") + 2 :].split()
 
 
 def cpu_seconds(pid: int) -> float | None:

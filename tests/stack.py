@@ -36,12 +36,18 @@ def alive(pid: int) -> bool:
         return False
 
 
+def stat_fields(text: str) -> list[str]:
+    """The fields of a `/proc/PID/stat` line after the command name, which may hold spaces:
+    everything after its closing parenthesis is fixed (state, parent, ...)."""
+    return text[text.rindex(")") + 2 :].split()
+
+
 def descendants(pid: int) -> list[int]:
     """Every process under `pid`: its children, theirs, and so on."""
     parents: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            fields = stat_fields(stat.read_text())
         except (FileNotFoundError, ProcessLookupError):
             continue
         parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
