@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections import Counter, namedtuple
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -98,7 +98,6 @@ PROFILE_COLUMNS = tuple(
         "updated_at",
     )
 )
-_ProfileColumns = namedtuple("_ProfileColumns", [c.name for c in PROFILE_COLUMNS])  # type: ignore[misc]
 
 
 def _sqlite_json_time(column: ColumnElement[Any]) -> ColumnElement[str]:
@@ -145,15 +144,12 @@ def profile_columns(dialect: str) -> tuple[ColumnElement[Any], ...]:
     return (_SQLITE_PROFILE_JSON,) if dialect == "sqlite" else PROFILE_COLUMNS
 
 
-def page_profile(values: Sequence[Any]) -> dict[str, Any] | None:
-    """A profile's JSON form, as `Profile.model_dump(mode="json")` gives it, from what
-    `profile_columns` read; None for a profile erased since the snapshot."""
-    if values[0] is None:
-        return None
-    if len(values) == 1:
-        profile: dict[str, Any] = from_json(values[0])
-        return profile
-    return profile_json(_ProfileColumns(*values))
+def page_profile(dialect: str, row: Row[Any]) -> dict[str, Any] | None:
+    """A profile's JSON form, as `Profile.model_dump(mode="json")` gives it, from a row with
+    what `profile_columns` reads; None for a profile gone since the snapshot."""
+    if dialect == "sqlite":
+        return None if row.profile is None else cast(dict[str, Any], from_json(row.profile))
+    return None if row.id is None else profile_json(row)
 
 
 # Bodies longer than SendGrid's substitution limit go out one request each.
@@ -498,7 +494,7 @@ class PageSender:
             if row is None:
                 row = {"id": next(ids), "idempotency_key": key, "profile_id": member.profile_id}
                 row.update(blank)
-            json = page_profile(member[2:])
+            json = page_profile(self.dialect, member)
             profile = _Profile.of(json) if json is not None else None
             recipient = _Recipient(member.seq, member.profile_id, profile, row, fresh)
             if profile is None and row["status"] in ("queued", "sending"):
