@@ -69,7 +69,10 @@ def is_one_of(
 
     For an IN list SQLAlchemy renders and processes a parameter per value on every execution,
     in Python: for a campaign page's thousand keys that costs more than the lookups do
-    (2.4 ms a query against 1.7 ms, measured on the ledger)."""
+    (2.4 ms a query against 1.7 ms, measured on the ledger). One value is an equality: a
+    journey's frequency cap asks for one profile, and the array cost it 0.1 ms more."""
+    if len(values) == 1:
+        return column == values[0]
     if dialect == "postgresql":
         return column == any_(literal(list(values), postgresql.ARRAY(String)))
     listed = func.json_each(literal(json.dumps(list(values)), String)).table_valued("value")
