@@ -105,9 +105,9 @@ async def frozen_heap() -> AsyncIterator[None]:
     pages from its own threads) makes Python's collector walk the whole heap each time they add
     up to a quarter of it: a sixth to a third of a page's CPU went to walking objects that live
     as long as the process. Page processes freeze their own heap when they start. Frozen
-    objects are never collected: they are handed back to the collector when the worker stops. No full collection first: it would add tens of milliseconds to every
-    worker start (a test suite starts many), for garbage that is only kept until the worker
-    stops.
+    objects are never collected: they are handed back to the collector when the worker stops.
+    No full collection first: it would add tens of milliseconds to every worker start (a test
+    suite starts many), for garbage that is only kept until the worker stops.
     """
     gc.freeze()
     try:
