@@ -574,9 +574,7 @@ class PageSender:
                 continue
             assert address is not None, "a recipient with no address was suppressed"
             recipient.address = address
-            # Built from values of the right types already: validating them again was a few
-            # percent of a page's CPU.
-            recipient.message = Outgoing.model_construct(
+            recipient.message = Outgoing(
                 to=address,
                 subject=rendered.subject,
                 text=rendered.text,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -64,8 +65,8 @@ def test_twilio_is_asked_what_it_sent_by_number_sender_text_and_time(twilio: Fak
     before = datetime.now(UTC) - timedelta(minutes=5)
     by_number = sms(twilio)
     first = by_number.send(TEXT)
-    other_text = by_number.send(TEXT.model_copy(update={"text": "Another"}))
-    by_number.send(TEXT.model_copy(update={"to": "+33699999999"}))
+    other_text = by_number.send(replace(TEXT, text="Another"))
+    by_number.send(replace(TEXT, to="+33699999999"))
     via_service = sms(twilio, from_number=None, messaging_service_sid="MG123")
     from_service = via_service.send(TEXT)
 
@@ -109,7 +110,7 @@ def test_twilio_outages_and_rate_limits_are_retryable(
 def test_an_invalid_number_wrong_credentials_and_opted_out_phones_are_not_retried(
     twilio: FakeTwilio,
 ) -> None:
-    invalid = refusal(sms(twilio), TEXT.model_copy(update={"to": "12"}))
+    invalid = refusal(sms(twilio), replace(TEXT, to="12"))
     assert (invalid.retryable, invalid.suppress) == (False, None)
     assert "21211" in invalid.message
     wrong = refusal(
