@@ -17,6 +17,7 @@ from jinja2 import Template as JinjaTemplate
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from activities.printed_templates import DICT_ATTRIBUTES, PrintedTemplate, planned
 from activities.unsubscribe import unsubscribe_url
 from parcours.definitions import Template
 from parcours.records import Profile
@@ -47,10 +48,6 @@ _RENDER_ERRORS = (
 )
 # The largest string or list `*` may build, and the largest exponent and result of `**`.
 _MAX_PRODUCT, _MAX_EXPONENT, _MAX_DIGITS = 100_000, 100, 1000
-
-
-# Every attribute a dict instance can have: its type's and `object`'s.
-_DICT_ATTRIBUTES = frozenset(dir(dict))
 
 
 class _MessageSandbox(ImmutableSandboxedEnvironment):
@@ -85,7 +82,7 @@ class _MessageSandbox(ImmutableSandboxedEnvironment):
         # the lookup. A plain dict has no attributes but its type's (no instance `__dict__`),
         # so for any other name Jinja's answer is the item, as here; a missing key still goes
         # Jinja's way to its strict undefined.
-        if type(obj) is dict and attribute not in _DICT_ATTRIBUTES and attribute in obj:
+        if type(obj) is dict and attribute not in DICT_ATTRIBUTES and attribute in obj:
             return obj[attribute]
         # Jinja hands out a sandboxed `str.format` before asking `is_safe_attribute`.
         if isinstance(obj, str) and attribute in ("format", "format_map"):
@@ -175,6 +172,11 @@ def _compiled(source: str, autoescape: bool) -> JinjaTemplate:
     return _environment(autoescape).from_string(source)
 
 
+@lru_cache(maxsize=1024)
+def _printed(source: str, autoescape: bool) -> PrintedTemplate | None:
+    return planned(_environment(autoescape), source)
+
+
 def render(template: Template, context: dict[str, Any]) -> Rendered:
     return renderer(template).render(context)
 
@@ -191,14 +193,17 @@ class MessageRenderer:
     globals into a fresh dict per call, which costs more than rendering a short subject, and a
     campaign page renders three parts for each of a thousand recipients. The templates still
     run in the sandboxed, strict environments of `_environment`; the shared dict is never
-    written to (template code writes its own `Context.vars`).
+    written to (template code writes its own `Context.vars`). Parts that are only text and
+    lookups are printed without Jinja where they can be (`printed_templates`).
     """
 
     def __init__(self, template: Template) -> None:
         self.template = template
         self.uses_unsubscribe_url = _uses_unsubscribe_url(template)
         self._parts = [
-            (part, _compiled(source, autoescape) if source is not None else None)
+            (part, _compiled(source, autoescape), _printed(source, autoescape))
+            if source is not None
+            else (part, None, None)
             for part, source, autoescape in (
                 ("subject", template.subject, False),
                 ("body", template.body, False),
@@ -208,7 +213,7 @@ class MessageRenderer:
         # Both environments have Jinja's default globals (range, dict, namespace...).
         self._globals = {
             name: value
-            for _, compiled in self._parts
+            for _, compiled, _ in self._parts
             if compiled is not None
             for name, value in compiled.globals.items()
         }
@@ -235,12 +240,21 @@ class MessageRenderer:
         return self._render(shared)
 
     def _render(self, shared: dict[str, Any]) -> Rendered:
-        subject, text, html = (self._one(part, compiled, shared) for part, compiled in self._parts)
+        subject, text, html = (self._one(shared, *part) for part in self._parts)
         return Rendered(subject=subject, text=text or "", html=html)
 
-    def _one(self, part: str, compiled: JinjaTemplate | None, shared: dict[str, Any]) -> str | None:
+    def _one(
+        self,
+        shared: dict[str, Any],
+        part: str,
+        compiled: JinjaTemplate | None,
+        printed: PrintedTemplate | None,
+    ) -> str | None:
         if compiled is None:
             return None
+        # Text and lookups only: printed without Jinja, unless the lookups need its answer.
+        if printed is not None and (text := printed.render(shared)) is not None:
+            return text
         environment = compiled.environment
         try:
             context = environment.context_class(environment, shared, compiled.name, compiled.blocks)
