@@ -7,8 +7,9 @@ fake SendGrid of tests/fakes on 127.0.0.1 in a process of its own, and a SQLite 
 newsletter segment of `--recipients` profiles; then it alternates rounds of:
 
 - the baseline: a bare loop that selects the same audience with one query and posts the same
-  1,000-recipient requests (subject, text and html per recipient, formatted in Python) to the
-  same fake through the same `sendgrid` client: no ledger, no consent, no Temporal;
+  1,000-recipient requests (subject, text and html per recipient, formatted in Python, and the
+  same custom args: an id per mail, a tag per request) to the same fake through the same
+  `sendgrid` client: no ledger, no consent, no Temporal;
 - a campaign run, `CampaignWorkflow` on the real `ParcoursPlugin` worker, from start to report.
 
 It prints a table and rewrites the `## Campaigns` section of docs/benchmarks.md.
@@ -38,11 +39,12 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.apply import apply_paths
+from activities.campaigns import PAGE_TAG
 from activities.catalog import known_segments
-from activities.channels.base import Outgoing
+from activities.channels.base import DELIVERY_TAG, Outgoing
 from activities.channels.email import MAX_PERSONALIZATIONS, SendGridEmail
 from activities.child_processes import process_count
-from activities.db import ProfileRow, close_engine, engine_for
+from activities.db import ProfileRow, close_engine, engine_for, ordered_ids
 from activities.profiles import profile_update, upsert_profiles
 from activities.rule_sql import members_query
 from parcours import ParcoursPlugin
@@ -200,6 +202,8 @@ def bare_loop(settings: Settings, sendgrid: SendGridEmail) -> int:
                 ProfileRow.id.in_(ids.subquery().select())
             )
         ).all()
+    # Each mail carries an id of a campaign's delivery id's size, for its webhook events.
+    ids = ordered_ids(len(rows))
     for start in range(0, len(rows), MAX_PERSONALIZATIONS):
         batch = [
             Outgoing(
@@ -207,11 +211,13 @@ def bare_loop(settings: Settings, sendgrid: SendGridEmail) -> int:
                 subject=f"Your week, {attributes['first_name']}",
                 text=f"Hello {attributes['first_name']}, here is your week.",
                 html=f"<p>Hello {attributes['first_name']}, here is your week.</p>",
-                correlation={"n": str(n)},
+                correlation={DELIVERY_TAG: ids[n]},
             )
-            for n, (_, email, attributes) in enumerate(rows[start : start + MAX_PERSONALIZATIONS])
+            for n, (_, email, attributes) in enumerate(
+                rows[start : start + MAX_PERSONALIZATIONS], start
+            )
         ]
-        sendgrid.send_bulk(batch, {"page": str(start)})
+        sendgrid.send_bulk(batch, {PAGE_TAG: f"bare/{start}"})
     return len(rows)
 
 
