@@ -308,7 +308,7 @@ Measured by `bench/campaigns.py` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC (the 
 
 {cpu_table(results)}
 
-Actions are counted in the last run's histories (every run of its continue-as-new chain): workflow starts, signals, timers, scheduled activities and search-attribute upserts; it sent {results.pages} pages of up to {PAGE_SIZE:,} (SendGrid requests of up to 1,000). What a campaign does beyond the bare loop, per recipient: a ledger row claimed before the send and settled after it (exactly-once), consent, suppression and frequency-cap checks, and a Jinja render in the sandbox.
+Actions are counted in the last run's histories (every run of its continue-as-new chain): workflow starts, signals, timers, scheduled activities and search-attribute upserts; it sent {results.pages} pages of up to {PAGE_SIZE:,} (SendGrid requests of up to 1,000). What a campaign does beyond the bare loop, per recipient: a ledger row claimed before the send and settled after it (exactly-once), consent, suppression and frequency-cap checks, and a template render (printed by plain lookups, as its text-and-lookups template allows; see docs/channels.md).
 """
 
 
