@@ -1,4 +1,5 @@
-"""Campaign runs: one workflow per run, pages of 2,000, each reachable member exactly once."""
+"""Campaign runs: one workflow per run, pages of 5,000 (or 10 s of the rate limit), each
+reachable member exactly once."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from activities.db import CampaignAudienceRow, DeliveryRow, ProfileRow
 from activities.erasure import erase_profile
 from activities.profiles import profile_update, upsert_profiles
 from parcours.contracts import CampaignPage, RunPlan, StartRun
+from parcours.definitions import Campaign
 from parcours.loader import load_paths
 from parcours.settings import Settings
 from starter.campaigns import start_run
@@ -35,6 +37,7 @@ from tests.conftest import EXAMPLES
 from tests.delivery import with_providers
 from tests.fakes.sendgrid import FakeSendGrid
 from tests.journeys import run_worker
+from workflows.campaign import page_size
 
 AUDIENCE = 10_000
 OPTED_OUT = range(0, AUDIENCE, 40)  # 250 profiles
@@ -152,6 +155,34 @@ async def test_a_run_sends_every_reachable_member_exactly_once_and_reports_the_o
     ]
     # One activity per page of 2,000 (twice: the first message, then the follow-up).
     assert len(scheduled) <= 2 + 2 * (AUDIENCE // 2000 + 1)
+
+
+@pytest.mark.parametrize(
+    ("rate_limit", "size"),
+    [(None, 5000), ("200/s", 2000), ("1000/s", 5000), ("30/m", 5), ("1/m", 1), ("0.5/s", 5)],
+)
+def test_a_page_takes_5000_recipients_or_10_seconds_of_the_rate_limit(
+    rate_limit: str | None, size: int
+) -> None:
+    campaign = Campaign(
+        id="c", audience={"segment": "s"}, channel="email", template="t", rate_limit=rate_limit
+    )
+    assert page_size(campaign) == size
+
+
+async def test_a_run_with_no_rate_limit_sends_pages_of_5000(
+    client: Client, engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    apply_paths(engine, [one_pass_digest(tmp_path / "defs")])
+    audience(engine)
+    handle = await start_run(client, engine, settings, "weekly-digest")
+    assert (await handle.result()).sent == len(reachable())
+    pages = [
+        e.activity_task_scheduled_event_attributes
+        for e in (await handle.fetch_history()).events
+        if e.activity_task_scheduled_event_attributes.activity_type.name == "send_campaign_page"
+    ]
+    assert len(pages) == AUDIENCE // 5000
 
 
 @pytest.mark.parametrize("follow_up", [False, True], ids=["first", "follow-up"])
