@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import math
 import types
-from dataclasses import dataclass
 from datetime import datetime
 from functools import cache, lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from jinja2 import StrictUndefined, TemplateError, Undefined
 from jinja2 import Template as JinjaTemplate
@@ -28,8 +27,8 @@ class RenderError(Exception):
     pass
 
 
-@dataclass(frozen=True)
-class Rendered:
+class Rendered(NamedTuple):
+    # A tuple: a campaign page makes one per recipient, and a frozen dataclass took 1 µs.
     subject: str | None
     text: str
     html: str | None
@@ -240,21 +239,21 @@ class MessageRenderer:
         return self._render(shared)
 
     def _render(self, shared: dict[str, Any]) -> Rendered:
-        subject, text, html = (self._one(shared, *part) for part in self._parts)
-        return Rendered(subject=subject, text=text or "", html=html)
+        # One loop, with no call or generator per part: a campaign page renders three parts
+        # for each of its recipients.
+        texts: list[str | None] = []
+        for part, compiled, printed in self._parts:
+            text = None
+            # Text and lookups only: printed without Jinja, unless the lookups need its answer.
+            if printed is not None:
+                text = printed.render(shared)
+            if text is None and compiled is not None:
+                text = self._jinja(shared, part, compiled)
+            texts.append(text)
+        subject, text, html = texts
+        return Rendered(subject, text or "", html)
 
-    def _one(
-        self,
-        shared: dict[str, Any],
-        part: str,
-        compiled: JinjaTemplate | None,
-        printed: PrintedTemplate | None,
-    ) -> str | None:
-        if compiled is None:
-            return None
-        # Text and lookups only: printed without Jinja, unless the lookups need its answer.
-        if printed is not None and (text := printed.render(shared)) is not None:
-            return text
+    def _jinja(self, shared: dict[str, Any], part: str, compiled: JinjaTemplate) -> str:
         environment = compiled.environment
         try:
             context = environment.context_class(environment, shared, compiled.name, compiled.blocks)
