@@ -1,8 +1,8 @@
 """Templates that only print values, rendered by plain lookups to the text Jinja would give.
 
 Most message templates are text with `{{ profile.attributes.first_name }}` in it. Jinja renders
-each part through a fresh `Context`, its sandbox's lookups and its finalizer: for a campaign page
-that renders three parts for each of 2,000 recipients, that was a tenth of the page's CPU. A
+each part through a fresh `Context`, its sandbox's lookups and its finalizer: a campaign page
+renders three parts for each of its recipients, and that was a tenth of the page's CPU. A
 template made only of literal text and lookups (`a.b`, `a["b"]`) is planned once as those
 pieces and printed by dict lookups instead.
 

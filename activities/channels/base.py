@@ -21,8 +21,8 @@ class Outgoing:
 
     # An email address, an E.164 phone number or a push device token, by channel.
     to: str
+    text: str
     subject: str | None = None
-    text: str = ""
     html: str | None = None
     # Correlation ids only (the delivery id), never personal data: providers echo them back.
     correlation: dict[str, str] = field(default_factory=dict)
