@@ -32,7 +32,7 @@ from sqlalchemy import (
     type_coerce,
     update,
 )
-from sqlalchemy.engine import Connection, Engine, Row
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement
@@ -110,13 +110,12 @@ def profile_columns(dialect: str) -> tuple[ColumnElement[Any], ...]:
     return _SQLITE_PROFILE_COLUMNS if dialect == "sqlite" else PROFILE_COLUMNS
 
 
-def page_profile(dialect: str, row: Row[Any]) -> dict[str, Any] | None:
+def page_profile(dialect: str, row: Any) -> dict[str, Any] | None:
     """A profile's JSON form, as `Profile.model_dump(mode="json")` gives it, from a row ending
     with what `profile_columns` reads; None for a profile gone since the snapshot."""
     if dialect != "sqlite":
         return None if row.id is None else profile_json(row)
-    values = cast(tuple[Any, ...], row)
-    *_, id_, email, phone, timezone, locale, attributes, consent, tokens, created, updated = values
+    *_, id_, email, phone, timezone, locale, attributes, consent, tokens, created, updated = row
     if id_ is None:
         return None
     return {
@@ -310,6 +309,12 @@ class _Profile:
         )  # fmt: skip
 
 
+# A page's member as `_members` reads it: seq, profile id, then its profile's columns. Read by
+# position: by name, each field of a SQLAlchemy row took 0.7 µs, as much as the rest of a
+# recipient's claim.
+_Member = tuple[Any, ...]
+
+
 @dataclass(slots=True)
 class _Recipient:
     seq: int
@@ -376,7 +381,7 @@ class PageSender:
         members = self._members()
         if not members:
             return self.result
-        self.result.next_seq = members[-1].seq + 1
+        self.result.next_seq = members[-1][0] + 1
         if self.page.follow_up:
             members = self._follow_up_targets(members)
         recipients = self._claim(members)
@@ -400,9 +405,9 @@ class PageSender:
 
     # -- steps -------------------------------------------------------------------------------
 
-    def _members(self) -> list[Row[Any]]:
-        """The page's members in snapshot order, each with what `profile_columns` reads of its
-        profile (NULL when the profile is gone since)."""
+    def _members(self) -> list[_Member]:
+        """The page's members in snapshot order: seq, profile id, then what `profile_columns`
+        reads of its profile (NULL when the profile is gone since)."""
         query = (
             select(AUDIENCE.c.seq, AUDIENCE.c.profile_id, *profile_columns(self.dialect))
             .select_from(AUDIENCE.outerjoin(PROFILES, PROFILES.c.id == AUDIENCE.c.profile_id))
@@ -412,15 +417,15 @@ class PageSender:
         )
         with self.engine.connect() as connection:
             # `all()` fetches the rows in one driver call; iterating asks for them one by one.
-            return list(connection.execute(query).all())
+            return cast(list[_Member], connection.execute(query).all())
 
-    def _follow_up_targets(self, members: list[Row[Any]]) -> list[Row[Any]]:
+    def _follow_up_targets(self, members: list[_Member]) -> list[_Member]:
         """Those whose first message went out and was not opened (or clicked) since."""
         assert self.campaign.follow_up is not None
         waiting = ("sent", "delivered") + (
             ("opened",) if self.campaign.follow_up.to == "not_clicked" else ()
         )
-        keys = {f"{self.page.run_id}/{m.profile_id}": m for m in members}
+        keys = {f"{self.page.run_id}/{m[1]}": m for m in members}
         with self.engine.connect() as connection:
             targets = set(
                 connection.scalars(
@@ -445,10 +450,10 @@ class PageSender:
     def _key(self, profile_id: str) -> str:
         return f"{self.page.run_id}/{profile_id}{self._suffix}"
 
-    def _claim(self, members: Sequence[Row[Any]]) -> list[_Recipient]:
+    def _claim(self, members: Sequence[_Member]) -> list[_Recipient]:
         """Every recipient with its ledger row: the existing one (a retried or held page), or
         a fresh `queued` one, inserted with its outcome by `_write_claims`."""
-        keys = {self._key(m.profile_id): m for m in members}
+        keys = {self._key(m[1]): m for m in members}
         with self.engine.connect() as connection:
             existing = {
                 row.idempotency_key: row._asdict()
@@ -479,16 +484,16 @@ class PageSender:
         ids = iter(ordered_ids(len(keys) - len(existing)))
         recipients = []
         for key, member in keys.items():
+            seq, profile_id = member[:2]
             row = existing.get(key)
             fresh = row is None
             if row is None:
-                row = {"id": next(ids), "idempotency_key": key, "profile_id": member.profile_id}
-                row.update(blank)
+                row = {**blank, "id": next(ids), "idempotency_key": key, "profile_id": profile_id}
             json = page_profile(self.dialect, member)
             profile = _Profile.of(json) if json is not None else None
-            recipient = _Recipient(member.seq, member.profile_id, profile, row, fresh)
+            recipient = _Recipient(seq, profile_id, profile, row, fresh)
             if profile is None and row["status"] in ("queued", "sending"):
-                self._settle(recipient, "failed", f"profile {member.profile_id!r} was erased")
+                self._settle(recipient, "failed", f"profile {profile_id!r} was erased")
             recipients.append(recipient)
         return recipients
 
