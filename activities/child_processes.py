@@ -15,6 +15,7 @@ none can go on sending while Temporal retries it on another worker.
 from __future__ import annotations
 
 import asyncio
+import gc
 import multiprocessing
 import os
 import select
@@ -158,6 +159,11 @@ def _die_with(worker: int) -> None:
 
 
 def _call(work: Callable[[A], T], item: A) -> _Outcome[T]:
+    # The objects a piece of work makes mostly live until it ends, then go by reference
+    # counting: the cycle collector, run every 700 allocations, would only walk them again and
+    # again (without it a campaign page took 0.88 to 0.91 of its CPU, medians of alternating
+    # rounds). What the work leaves in cycles is collected as soon as the collector is back.
+    gc.disable()
     try:
         return _Outcome(work(item), None, metrics.take_deferred())
     except Exception as exc:
@@ -170,3 +176,5 @@ def _call(work: Callable[[A], T], item: A) -> _Outcome[T]:
             "".join(traceback.format_exception(exc)),
         )
         return _Outcome(None, failure, metrics.take_deferred())
+    finally:
+        gc.enable()

@@ -3,11 +3,13 @@ hand back failures as Temporal would record them, and their counts reach the wor
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
 import sys
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -69,6 +71,23 @@ def fail(kind: str) -> None:
     raise ValueError(f"bad {kind}")
 
 
+class _Node:
+    """An object in a reference cycle, which only the cycle collector frees."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+LEFT: weakref.WeakSet[_Node] = weakref.WeakSet()
+
+
+def make_cycles_or_count_them(n: int) -> tuple[bool, int]:
+    """In the child: leave `n` objects in cycles; say whether the collector runs during the
+    work, and how many cycles earlier work left are still there."""
+    LEFT.update(_Node() for _ in range(n))
+    return gc.isenabled(), len(LEFT) - n
+
+
 def count_sent(n: int) -> int:
     metrics.deliveries_settled("email", ["sent"] * n + ["queued"])
     return os.getpid()
@@ -111,6 +130,13 @@ async def test_a_child_that_dies_fails_its_work_retryably_and_the_next_gets_a_ne
         assert raised.value.type == "ChildProcessDied" and not raised.value.non_retryable
         with pytest.raises(ApplicationError, match="bad again"):
             await children.run("again")
+
+
+async def test_a_child_collects_no_garbage_during_its_work_and_what_it_left_after() -> None:
+    with one_child(make_cycles_or_count_them) as children:
+        assert await children.run(10_000) == (False, 0)
+        # The collector came back once the work had ended, and took the cycles it left.
+        assert await children.run(0) == (False, 0)
 
 
 async def test_what_a_child_counts_is_counted_by_its_worker() -> None:
