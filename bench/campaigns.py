@@ -325,7 +325,7 @@ def cpu_table(results: Results) -> str:
     camp, camp_total = row("campaign", results.campaign_cpu)
     return f"""### Where the CPU goes
 
-CPU used in each round by the processes that do the work, per 1,000 recipients (median over rounds). This process is the worker (the Temporal SDK, the campaign workflow, page activities waiting for their processes) and, in its own rounds, the bare loop; the campaign's pages run in {results.page_processes} page processes (`PARCOURS_PAGE_PROCESSES`, one per core by default).
+CPU used in each round by the processes that do the work, per 1,000 recipients (median over rounds). This process is the worker (the Temporal SDK, the campaign workflow, page activities waiting for their processes) and, in its own rounds, the bare loop; the campaign's pages run in {results.page_processes} page processes (`PARCOURS_PAGE_PROCESSES`, one more than the cores by default).
 
 | CPU ms per 1,000 recipients | {" | ".join(KINDS)} | all |
 |---|---|---|---|---|---|

@@ -76,7 +76,7 @@ class Settings(BaseModel):
     log_format: Literal["json", "text"] | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Processes a worker sends campaign pages from (activities/child_processes.py); None: one
-    # per core on Linux, 0: pages run in the worker's own threads.
+    # more than the cores on Linux, 0: pages run in the worker's own threads.
     page_processes: int | None = Field(default=None, ge=0)
 
     @field_validator("worker_metrics_address", "temporal_metrics_address")

@@ -152,8 +152,10 @@ async def test_what_a_child_counts_is_counted_by_its_worker() -> None:
     assert not alive(child), "closed, the children leave"
 
 
-def test_page_processes_default_to_one_per_core_and_are_checked(tmp_path: Path) -> None:
-    assert process_count(None) == len(os.sched_getaffinity(0))
+def test_page_processes_default_to_one_more_than_the_cores_and_are_checked(
+    tmp_path: Path,
+) -> None:
+    assert process_count(None) == len(os.sched_getaffinity(0)) + 1
     assert process_count(0) == 0
     settings = Settings.load(tmp_path, env={"PARCOURS_PAGE_PROCESSES": "3"})
     assert settings.page_processes == 3

@@ -46,10 +46,10 @@ PAGES_BY_RATE = "pages-of-5000-or-10s-of-rate"
 # provider's answer. Runs started before this existed send one page at a time (their history
 # has no marker for the patch).
 CONCURRENT_PAGES = "concurrent-pages"
-# A worker's page processes (one per core) each start their next page as soon as they finish
-# one only if a page is already waiting: with as many pages in flight as processes, each page
-# would wait out the round trip through Temporal that schedules the next. Runs started before
-# this send three at a time.
+# A worker's page processes each start their next page as soon as they finish one only if a
+# page is already waiting: with as many pages in flight as processes, each page would wait out
+# the round trip through Temporal that schedules the next. Runs started before this send three
+# at a time.
 PAGES_IN_FLIGHT = 4
 FOUR_PAGES_IN_FLIGHT = "four-pages-in-flight"
 # Provider outages are waited out, page by page, rather than failing the run.
