@@ -65,7 +65,7 @@ from bench.report import (  # noqa: E402
     verdict,
     write_docs,
 )
-from tests.stack import descendants, page_processes  # noqa: E402
+from tests.stack import descendants, page_processes, process_name  # noqa: E402
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Campaigns"
@@ -107,15 +107,11 @@ def cpu_by_kind(fake_pid: int) -> dict[str, float]:
     used["this process"] = time.process_time()
     pages = set(page_processes(os.getpid()))
     for pid in descendants(os.getpid()):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
         if pid == fake_pid:
             kind = "fake SendGrid"
         elif pid in pages:
             kind = "page processes"
-        elif b"temporal" in cmdline:
+        elif process_name(pid) == "temporal":
             kind = "dev server"
         else:
             continue

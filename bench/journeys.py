@@ -72,7 +72,7 @@ from bench.report import (  # noqa: E402
     verdict,
     write_docs,
 )
-from tests.stack import descendants  # noqa: E402
+from tests.stack import descendants, process_name  # noqa: E402
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Journeys"
@@ -143,13 +143,7 @@ class CpuClock:
 
 def _child_pid() -> int | None:
     # The SDK spawns the dev server itself and does not expose its pid.
-    for pid in descendants(os.getpid()):
-        try:
-            if Path(f"/proc/{pid}/comm").read_text().strip() == "temporal":
-                return pid
-        except OSError:
-            continue  # exited while we looked
-    return None
+    return next((p for p in descendants(os.getpid()) if process_name(p) == "temporal"), None)
 
 
 @dataclass(frozen=True)

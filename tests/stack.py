@@ -59,6 +59,14 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def process_name(pid: int) -> str | None:
+    """The process's command name (`/proc/PID/comm`), or None once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
+
+
 def page_processes(worker: int) -> list[int]:
     """A worker's page processes: what multiprocessing's fork server under it forked."""
 

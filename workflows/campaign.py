@@ -1,7 +1,7 @@
 """A campaign run: one workflow for the whole audience, never one per recipient.
 
-The run snapshots its audience, then hands it to an activity a page (2,000 recipients) at a
-time, paced by the campaign's rate limit; recipients held by quiet hours or their local send
+The run snapshots its audience, then hands it to an activity a page (`page_size`) at a time,
+paced by the campaign's rate limit; recipients held by quiet hours or their local send
 time are sent in a later pass, and an optional follow-up goes to those who did not open or
 click. Temporal's cost grows with pages, and continue-as-new keeps the history short.
 """
