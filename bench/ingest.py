@@ -36,7 +36,6 @@ import json
 import multiprocessing
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -62,6 +61,7 @@ from activities.db import EventRow, close_engine, engine_for  # noqa: E402
 from activities.profiles import profile_update, upsert_profiles  # noqa: E402
 from activities.segments import rebuild  # noqa: E402
 from bench.report import command, cpu_seconds, machine, spread, verdict, write_docs  # noqa: E402
+from starter.ports import free_port  # noqa: E402
 
 T = TypeVar("T")
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -70,12 +70,6 @@ RATE_GOAL, P99_GOAL_MS = 5_000, 10.0
 KEY = "bench-key"
 # Where the reads go while events are taken in: the process taking them, or one of its own.
 LAYOUTS = ("own", "shared")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def prepare(engine: Engine, profiles: int) -> None:

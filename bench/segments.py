@@ -41,7 +41,6 @@ import random
 import re
 import resource
 import shutil
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -73,6 +72,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Run as a script, only bench/ itself is on sys.path.
 sys.path.insert(0, str(ROOT))
 from bench.report import DASH, command, machine, spread, verdict, write_docs  # noqa: E402
+from starter.ports import free_port  # noqa: E402
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Segments"
@@ -328,12 +328,6 @@ def pg_bindir() -> Path | None:
         return Path(candidates[0]).parent
     found = shutil.which("initdb")
     return Path(found).parent if found else None
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ import fcntl
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from temporalio.common import SearchAttributeKey
 from parcours import search_attributes as sa
 from parcours.settings import Settings, write_config
 from starter.binaries import temporal_cli
+from starter.ports import free_port, port_free
 
 READY_TIMEOUT = 90.0
 # The dev server picks some of its ports itself while it starts, and another program can take
@@ -136,7 +136,7 @@ class DevStack:
         if settings.encryption_keys:
             ports.append(("codec server", self.codec_port, "--codec-port"))
         for name, port, option in ports:
-            if not _port_free(port):
+            if not port_free(port):
                 raise StackError(
                     f"port {port} ({name}) is in use: stop what uses it or pick another with {option}"
                 )
@@ -154,7 +154,7 @@ class DevStack:
         self._start_temporal(address)
         ui_url = f"http://127.0.0.1:{self.ui_port}"
         self.metrics = {
-            name: os.environ.get(name) or f"127.0.0.1:{_free_port()}" for name in METRICS_VARIABLES
+            name: os.environ.get(name) or f"127.0.0.1:{free_port()}" for name in METRICS_VARIABLES
         }
         write_config(
             settings.config_path,
@@ -422,19 +422,3 @@ class DevStack:
 def _type_name(key: SearchAttributeKey[Any]) -> str:
     # The CLI's names for the types: KEYWORD -> Keyword, INT -> Int.
     return key.indexed_value_type.name.capitalize()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True

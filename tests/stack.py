@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from starter import ports
 
 PARCOURS = [sys.executable, "-m", "starter"]
 # A test must not depend on the time of day it runs at: quiet hours are off unless a test turns
@@ -19,9 +20,11 @@ NO_QUIET_HOURS = {"PARCOURS_QUIET_HOURS": "sms=off,push=off"}
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A free port for a server a test starts; pytest-xdist workers each pick among their own
+    share of the ports, so two tests starting servers at the same moment never pick the same."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")
+    return ports.free_port(int(worker), int(workers))
 
 
 def alive(pid: int) -> bool:
