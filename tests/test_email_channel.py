@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -13,6 +12,7 @@ import pytest
 from activities.channels.base import Outgoing, ProviderError
 from activities.channels.email import SendGridEmail
 from tests.fakes.sendgrid import FakeSendGrid
+from tests.stack import free_port
 
 API_KEY = "SG.test-key"
 
@@ -213,11 +213,7 @@ def test_a_hung_sendgrid_times_out_quickly_as_retryable(fake: FakeSendGrid) -> N
 
 
 def test_unreachable_sendgrid_is_retryable() -> None:
-    # Bind then close a socket to get a local port that nothing listens on.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-
+    port = free_port()  # nothing listens on it
     sendgrid = SendGridEmail(
         API_KEY, "hello@parcours.test", base_url=f"http://127.0.0.1:{port}", timeout=2.0
     )

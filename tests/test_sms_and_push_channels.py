@@ -3,7 +3,6 @@ the provider, and how each failure is classified."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -15,6 +14,7 @@ from activities.channels.push import PushGateway
 from activities.channels.sms import TwilioSms
 from tests.fakes.push import FakePush
 from tests.fakes.twilio import FakeTwilio
+from tests.stack import free_port
 
 TEXT = Outgoing(
     to="+33612345678", text="Your code is 1234", correlation={"parcours_delivery_id": "d1"}
@@ -129,10 +129,7 @@ def test_twilio_unreachable_or_too_slow_is_retryable(twilio: FakeTwilio) -> None
     twilio.hang_next(3)
     slow = refusal(sms(twilio, timeout=0.5), TEXT)
     assert slow.retryable and slow.message.startswith("Twilio unreachable")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    down = refusal(sms(twilio, base_url=f"http://127.0.0.1:{port}"), TEXT)
+    down = refusal(sms(twilio, base_url=f"http://127.0.0.1:{free_port()}"), TEXT)
     assert down.retryable
 
 
